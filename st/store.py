@@ -1,0 +1,169 @@
+"""The store: a Zarr v3 folder that holds a corpus's arrays, one row per document.
+
+Root attributes say what made it (format and version, the LM, the prompt, the vocabulary's
+fingerprint, τ) and how far it got: `rows` counts the rows written so far, `complete` turns true
+only when the run that wrote it finished. Records printed on stdout point at rows below `rows`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from scipy import sparse
+
+from st.errors import InputError
+
+FORMAT = "st-store"
+VERSION = 1
+CHUNK_ROWS = 1024
+
+warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification.*")
+warnings.filterwarnings("ignore", category=UserWarning, module="zarr.*")
+
+
+def _read_attrs(path: Path) -> dict[str, Any] | None:
+    """The root attributes if `path` is an st store (complete or not), else None."""
+    meta = path / "zarr.json"
+    if not meta.is_file():
+        return None
+    try:
+        attrs = json.loads(meta.read_text()).get("attributes", {})
+    except (OSError, ValueError, AttributeError):
+        return None
+    return attrs if isinstance(attrs, dict) and attrs.get("format") == FORMAT else None
+
+
+class StoreWriter:
+    """Appends chunks of rows; a chunk's arrays are written before `rows` says they exist."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        attrs: dict[str, Any],
+        hidden_size: int,
+        vocab: Sequence[str] | None = None,
+        chunk_rows: int = CHUNK_ROWS,
+    ) -> None:
+        self.path = Path(path).absolute()
+        if self.path.exists():
+            if _read_attrs(self.path) is None and not (self.path.is_dir() and not any(self.path.iterdir())):
+                raise InputError("exists and is not an st store; name another output or remove it", str(path))
+            shutil.rmtree(self.path)
+        try:
+            self.group = zarr.open_group(str(self.path), mode="w", zarr_format=3)
+        except OSError as e:
+            raise InputError(f"cannot create the store: {e.strerror}", str(path)) from None
+        self.group.attrs.update({"format": FORMAT, "version": VERSION, **attrs, "rows": 0, "complete": False})
+        g = self.group
+        g.create_array("ids", shape=(0,), dtype=str, chunks=(chunk_rows,))
+        g.create_array("records", shape=(0,), dtype=str, chunks=(chunk_rows,))
+        g.create_array("hidden", shape=(0, hidden_size), dtype="float32", chunks=(chunk_rows, hidden_size))
+        self.has_vocab = vocab is not None
+        if vocab is not None:
+            v = len(vocab)
+            g.create_array("vocab", shape=(v,), dtype=str, chunks=(max(v, 1),))[:] = np.asarray(vocab, dtype=object)
+            g.create_array("logits", shape=(0, v), dtype="float32", chunks=(chunk_rows, v))
+            bow = g.create_group("bow")
+            bow.create_array("indptr", shape=(1,), dtype="int64", chunks=(1 << 16,))[:] = np.zeros(1, np.int64)
+            bow.create_array("indices", shape=(0,), dtype="int32", chunks=(1 << 18,))
+            bow.create_array("data", shape=(0,), dtype="float32", chunks=(1 << 18,))
+        self.rows = 0
+
+    def append(
+        self,
+        ids: Sequence[str],
+        records: Sequence[str],
+        hidden: np.ndarray,
+        logits: np.ndarray | None = None,
+        bow: sparse.csr_matrix | None = None,
+    ) -> int:
+        """Writes the rows and returns the index of the first."""
+        g = self.group
+        g["ids"].append(np.asarray(ids, dtype=object))
+        g["records"].append(np.asarray(records, dtype=object))
+        g["hidden"].append(hidden)
+        if self.has_vocab:
+            assert logits is not None and bow is not None
+            g["logits"].append(logits)
+            indptr = g["bow/indptr"]
+            nnz = int(indptr[-1])
+            g["bow/indices"].append(bow.indices.astype(np.int32))
+            g["bow/data"].append(bow.data.astype(np.float32))
+            indptr.append(bow.indptr[1:].astype(np.int64) + nnz)
+        first = self.rows
+        self.rows += len(ids)
+        g.attrs["rows"] = self.rows  # last: a reader never sees a row that is not all there
+        return first
+
+    def finish(self) -> None:
+        self.group.attrs["complete"] = True
+
+
+class Store:
+    """A store opened for reading; refuses what it cannot trust."""
+
+    def __init__(self, path: str | Path, require_complete: bool = True) -> None:
+        self.path = Path(path).absolute()
+        name = str(path)
+        if not self.path.is_dir():
+            raise InputError("no such store (make one with `st softlabel -o`)", name)
+        meta = self.path / "zarr.json"
+        try:
+            attrs = json.loads(meta.read_text()).get("attributes", {})
+        except (OSError, ValueError, AttributeError):
+            raise InputError("not a readable st store (zarr.json missing or truncated)", name) from None
+        if attrs.get("format") != FORMAT:
+            raise InputError("not an st store", name)
+        if attrs.get("version") != VERSION:
+            raise InputError(
+                f"store format version {attrs.get('version')} is not supported by this st (version {VERSION}); "
+                "re-create it with `st softlabel`",
+                name,
+            )
+        if require_complete and not attrs.get("complete"):
+            raise InputError(
+                f"incomplete store: its run stopped after {attrs.get('rows', 0)} rows; run the same command "
+                "again to finish it (finished work is cached)",
+                name,
+            )
+        try:
+            self.group = zarr.open_group(str(self.path), mode="r", zarr_format=3)
+        except Exception as e:  # noqa: BLE001 - zarr raises many kinds for a damaged folder
+            raise InputError(f"damaged store ({type(e).__name__}); re-create it with `st softlabel`", name) from None
+        self.attrs: dict[str, Any] = dict(attrs)
+        self.rows = int(attrs.get("rows", 0))
+
+    def __contains__(self, name: str) -> bool:
+        try:
+            self.group[name]
+        except KeyError:
+            return False
+        return True
+
+    def array(self, name: str) -> np.ndarray:
+        if name not in self:
+            raise InputError(f"the store has no {name!r} array", str(self.path))
+        try:
+            return np.asarray(self.group[name][: self.rows] if name != "vocab" else self.group[name][:])
+        except Exception as e:  # noqa: BLE001
+            raise InputError(f"damaged {name!r} array ({type(e).__name__}); re-create the store", str(self.path)) from None
+
+    def vocab(self) -> list[str]:
+        return [str(w) for w in self.array("vocab")]
+
+    def ids(self) -> list[str]:
+        return [str(i) for i in self.array("ids")]
+
+    def bow(self) -> sparse.csr_matrix:
+        indptr = np.asarray(self.group["bow/indptr"][: self.rows + 1])
+        nnz = int(indptr[-1])
+        indices = np.asarray(self.group["bow/indices"][:nnz])
+        data = np.asarray(self.group["bow/data"][:nnz])
+        return sparse.csr_matrix((data, indices, indptr), shape=(self.rows, len(self.vocab())))

@@ -1,0 +1,143 @@
+"""The topic vocabulary: which words a soft label (and a topic) is spread over.
+
+Words are the lowercased text's alphabetic runs longer than two characters, minus English stop
+words. A word's projection index is the LM token that `" " + word` starts with: the soft label
+reads the next-token logit of that token.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+from scipy import sparse
+
+from st.errors import InputError
+
+_WORD = re.compile(r"[^\W\d_]+")
+
+
+@functools.cache
+def stop_words() -> frozenset[str]:
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS  # slow import: only when needed
+
+    return frozenset(ENGLISH_STOP_WORDS)
+
+
+def tokenize(text: str) -> list[str]:
+    """The words of a text as the vocabulary, the bag of words and coherence see them."""
+    stop = stop_words()
+    return [w for w in _WORD.findall(text.lower()) if len(w) > 2 and w not in stop]
+
+
+def build(
+    texts: Iterable[str], size: int = 2000, min_df: int = 1, max_df: float = 1.0
+) -> tuple[list[str], int]:
+    """Top `size` words by corpus frequency, among those in at least `min_df` documents and at
+    most a `max_df` share of them. Returns the words (most frequent first) and the corpus size."""
+    tf: Counter[str] = Counter()
+    df: Counter[str] = Counter()
+    n = 0
+    for text in texts:
+        words = tokenize(text)
+        tf.update(words)
+        df.update(set(words))
+        n += 1
+    limit = max_df * n
+    kept = [w for w in tf if df[w] >= min_df and df[w] <= limit]
+    kept.sort(key=lambda w: (-tf[w], w))
+    return kept[:size], n
+
+
+def fingerprint(words: Sequence[str]) -> str:
+    return hashlib.sha256("\n".join(words).encode()).hexdigest()[:16]
+
+
+def load(path: str) -> list[str]:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise InputError(f"cannot read vocabulary: {e.strerror}", path) from None
+    try:
+        words = orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise InputError(f"not a JSON list of words ({e.msg}); make one with `st vocab`", path) from None
+    if not isinstance(words, list) or not all(isinstance(w, str) and w for w in words):
+        raise InputError("a vocabulary must be a JSON list of non-empty strings; make one with `st vocab`", path)
+    if not words:
+        raise InputError("the vocabulary is empty", path)
+    dup = [w for w, c in Counter(words).items() if c > 1]
+    if dup:
+        raise InputError(f"the vocabulary lists {dup[0]!r} more than once", path)
+    return words
+
+
+@dataclass
+class Projection:
+    """Where each vocabulary word reads its logit in the LM's output."""
+
+    token_ids: np.ndarray  # (V,) first sub-token of " " + word
+    collisions: dict[int, list[str]]  # token id -> the words (2 or more) that share it
+
+    @property
+    def n_colliding_words(self) -> int:
+        return sum(len(ws) for ws in self.collisions.values())
+
+
+def project(words: Sequence[str], tokenizer) -> Projection:  # noqa: ANN001 (a transformers tokenizer)
+    encoded = tokenizer([" " + w for w in words], add_special_tokens=False)["input_ids"]
+    ids = np.empty(len(words), dtype=np.int64)
+    for i, (word, toks) in enumerate(zip(words, encoded, strict=True)):
+        # SentencePiece tokenizers may emit a bare space piece first; it says nothing about the word.
+        while len(toks) > 1 and not tokenizer.decode(toks[:1]).strip():
+            toks = toks[1:]
+        if not toks:
+            raise InputError(f"the LM tokenizer gives no token for the word {word!r}")
+        ids[i] = toks[0]
+    groups: dict[int, list[str]] = {}
+    for word, t in zip(words, ids.tolist(), strict=True):
+        groups.setdefault(t, []).append(word)
+    return Projection(ids, {t: ws for t, ws in groups.items() if len(ws) > 1})
+
+
+def unique_prefix(words: Sequence[str], projection: Projection) -> list[str]:
+    """Keep the first (most frequent) word of each group sharing a first sub-token."""
+    drop = {w for ws in projection.collisions.values() for w in ws[1:]}
+    return [w for w in words if w not in drop]
+
+
+def collision_report(projection: Projection, tokenizer, examples: int = 3) -> str:  # noqa: ANN001
+    groups = sorted(projection.collisions.items(), key=lambda kv: -len(kv[1]))
+    shown = "; ".join(
+        f"{tokenizer.decode([t])!r}: {', '.join(ws[:6])}{', ...' if len(ws) > 6 else ''}"
+        for t, ws in groups[:examples]
+    )
+    return (
+        f"{projection.n_colliding_words} words share {len(groups)} first sub-tokens and so get identical "
+        f"soft-label probabilities (e.g. {shown}); --unique-prefix keeps the most frequent word of each"
+    )
+
+
+def bag_of_words(texts: Sequence[str], words: Sequence[str]) -> sparse.csr_matrix:
+    """Counts of vocabulary words per document (N x V, CSR, float32)."""
+    index = {w: i for i, w in enumerate(words)}
+    indptr = [0]
+    indices: list[int] = []
+    data: list[int] = []
+    for text in texts:
+        counts = Counter(index[w] for w in tokenize(text) if w in index)
+        for j in sorted(counts):
+            indices.append(j)
+            data.append(counts[j])
+        indptr.append(len(indices))
+    return sparse.csr_matrix(
+        (np.asarray(data, dtype=np.float32), np.asarray(indices, dtype=np.int32), np.asarray(indptr, dtype=np.int64)),
+        shape=(len(texts), len(words)),
+    )

@@ -1,0 +1,101 @@
+"""Shared fixtures: the real embedded LM (converted once per test session) and a tiny random
+Llama built with transformers, which shares the embedded tokenizer and keeps most tests fast."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import orjson
+import pytest
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def models_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cache folder holding the embedded model converted from its GGUF (once per session)."""
+    folder = Path(os.environ.get("ST_TEST_MODELS_CACHE") or tmp_path_factory.mktemp("models-cache"))
+    from st.lm import local_folder, resolve
+
+    local_folder(resolve(None), folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def embedded_folder(models_cache: Path) -> Path:
+    from st.lm import local_folder, resolve
+
+    return local_folder(resolve(None), models_cache)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory, embedded_folder: Path) -> Path:
+    """A randomly initialised 2-layer Llama with the embedded tokenizer, saved as a local folder."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(embedded_folder)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():  # larger weights than the default init, so documents differ visibly
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.2)
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def cache_dir(tmp_path: Path, models_cache: Path) -> Path:
+    """A fresh LM cache for one test, with the converted models shared."""
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    (folder / "models").symlink_to(models_cache / "models", target_is_directory=True)
+    return folder
+
+
+def read_jsonl(path: Path, n: int | None = None) -> list[dict]:
+    out = []
+    with open(path, "rb") as f:
+        for line in f:
+            out.append(orjson.loads(line))
+            if n is not None and len(out) == n:
+                break
+    return out
+
+
+@pytest.fixture
+def so_docs(tmp_path: Path) -> Path:
+    """40 StackOverflow titles, two of each class, as a JSONL file."""
+    rows = read_jsonl(SHARED / "stackoverflow.jsonl")
+    picked, per = [], {}
+    for r in rows:
+        if per.get(r["label"], 0) < 2:
+            per[r["label"]] = per.get(r["label"], 0) + 1
+            picked.append(r)
+    path = tmp_path / "so.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in picked))
+    return path
+
+
+def st_env(cache: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["ST_CACHE_DIR"] = str(cache)
+    env.pop("ST_FORCE_TERMINAL", None)
+    return env
+
+
+def st_exe() -> str:
+    exe = shutil.which("st")
+    assert exe, "the st command is not installed (pip install -e .)"
+    return exe

@@ -1,0 +1,137 @@
+"""The LM backend against an independent computation: transformers called directly, one document
+at a time, no padding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from st.cache import Cache
+from st.lm import LM, make_batches
+from st.prompt import INSTRUCTION, TEMPLATE, Prompt
+
+DOCS = [
+    "How do I fill a DataSet or a DataTable from a LINQ query resultset ?",
+    "svn",
+    "Best Subversion clients for Windows Vista (64bit) and a much longer title that forces padding in the batch",
+    "Haskell: type classes with {braces} and ünïcödé",
+    "Why does my jQuery ajax call return undefined when the server responds with JSON?",
+]
+WORDS = ["linq", "svn", "windows", "haskell", "jquery", "ajax", "server", "subversion", "dataset"]
+
+
+def direct(folder: Path, texts: list[str], words: list[str], max_tokens: int | None = None):
+    """What transformers gives, one prompt at a time, written without any of st's code."""
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    first = [tok(" " + w, add_special_tokens=False)["input_ids"][0] for w in words]
+    hidden, logits = [], []
+    for text in texts:
+        if max_tokens is not None:
+            ids = tok(text, add_special_tokens=False)["input_ids"][:max_tokens]
+            text = tok.decode(ids)
+        prompt = "Generate a label that capture the overall theme of the document below.\n\nDocument: " + text
+        prompt += "\n\nTopic:"
+        enc = tok(prompt, return_tensors="pt")
+        with torch.no_grad():
+            out = model(**enc, output_hidden_states=True)
+        hidden.append(out.hidden_states[-1][0, -1].numpy())
+        logits.append(out.logits[0, -1, first].numpy())
+    return np.stack(hidden), np.stack(logits), np.asarray(first)
+
+
+def test_default_prompt_is_the_published_one() -> None:
+    assert INSTRUCTION == "Generate a label that capture the overall theme of the document below."
+    assert Prompt().render("X") == INSTRUCTION + "\n\nDocument: X\n\nTopic:"
+    assert TEMPLATE == "{instruction}\n\nDocument: {document}\n\nTopic:"
+
+
+@pytest.mark.parametrize("which", ["tiny", "embedded"])
+def test_hidden_and_logits_equal_transformers_called_directly(which, tiny_model, embedded_folder, cache_dir):
+    folder = tiny_model if which == "tiny" else embedded_folder
+    ref_hidden, ref_logits, first = direct(folder, DOCS, WORDS)
+    lm = LM(str(folder), device="cpu", dtype="float32", cache_dir=cache_dir)
+    # A small token budget forces several padded batches of different widths.
+    hidden, logits = lm.encode(DOCS, Prompt(), 512, Cache(cache_dir), batch_tokens=64, vocab_token_ids=first)
+    assert lm.head_is_exact
+    np.testing.assert_allclose(hidden, ref_hidden, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(logits, ref_logits, atol=1e-4, rtol=0)
+
+
+def test_truncation_keeps_the_template_tail(tiny_model, cache_dir):
+    long_doc = " ".join(f"word{i}" for i in range(400))
+    lm = LM(str(tiny_model), device="cpu", dtype="float32", cache_dir=cache_dir)
+    ids = lm.tokenize_prompts([long_doc], Prompt(), 20)[0]
+    assert lm.tokenizer.decode(ids).endswith("\n\nTopic:")
+    full = lm.tokenize_prompts([long_doc], Prompt(), 10_000)[0]
+    assert len(ids) < 60 < len(full)
+    ref_hidden, _, _ = direct(tiny_model, [long_doc], ["word"], max_tokens=20)
+    hidden, _ = lm.encode([long_doc], Prompt(), 20, Cache(cache_dir))
+    np.testing.assert_allclose(hidden, ref_hidden, atol=1e-4, rtol=0)
+
+
+def test_batches_are_length_sorted_left_padded_with_positions_from_each_first_token():
+    ids = [[5, 6, 7], [1], [2, 3], [4, 4, 4, 4]]
+    batches = make_batches(ids, pad_id=0, max_tokens=6, max_docs=10)
+    assert [b.rows for b in batches] == [[1, 2], [0], [3]]
+    b = batches[0]
+    assert b.input_ids.tolist() == [[0, 1], [2, 3]]
+    assert b.attention_mask.tolist() == [[0, 1], [1, 1]]
+    assert b.position_ids.tolist() == [[0, 0], [0, 1]]
+
+
+def test_resumed_batches_equal_uninterrupted_ones():
+    rng = np.random.default_rng(0)
+    ids = [[1] * int(n) for n in rng.integers(1, 40, size=200)]
+    full = make_batches(ids, 0, 256, 64)
+    done = {r for b in full[:5] for r in b.rows}
+    rest = [i for i in range(len(ids)) if i not in done]
+    again = make_batches([ids[i] for i in rest], 0, 256, 64)
+    assert [[rest[r] for r in b.rows] for b in again] == [b.rows for b in full[5:]]
+
+
+def test_cache_hit_runs_no_forward_and_a_new_vocabulary_reuses_it(tiny_model, cache_dir, monkeypatch):
+    lm = LM(str(tiny_model), device="cpu", dtype="float32", cache_dir=cache_dir)
+    cache = Cache(cache_dir)
+    first = np.asarray([lm.tokenizer(" " + w, add_special_tokens=False)["input_ids"][0] for w in WORDS])
+    h1, l1 = lm.encode(DOCS, Prompt(), 512, cache, vocab_token_ids=first)
+    assert lm.documents_computed == len(DOCS)
+
+    def boom(batch):
+        raise AssertionError("the LM ran on a cached document")
+
+    monkeypatch.setattr(lm, "_forward", boom)
+    h2, l2 = lm.encode(DOCS, Prompt(), 512, cache, vocab_token_ids=first)
+    np.testing.assert_array_equal(h1, h2)
+    np.testing.assert_array_equal(l1, l2)
+    h3, l3 = lm.encode(DOCS[::-1], Prompt(), 512, cache, vocab_token_ids=first[:3])
+    np.testing.assert_array_equal(h3, h1[::-1])
+    np.testing.assert_array_equal(l3, l1[::-1, :3])
+    # A different prompt or max_tokens is another computation.
+    with pytest.raises(AssertionError, match="cached document"):
+        lm.encode(DOCS[:1], Prompt(instruction="Name the topic."), 512, cache)
+
+
+def test_head_check_falls_back_to_caching_logits(tiny_model, cache_dir, monkeypatch):
+    """A model that transforms its logits after the head (soft-capping) cannot have them derived."""
+    from transformers import LlamaForCausalLM
+
+    original = LlamaForCausalLM.forward
+
+    def capped(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        out.logits = 30 * torch.tanh(out.logits / 30)
+        return out
+
+    monkeypatch.setattr(LlamaForCausalLM, "forward", capped)
+    lm = LM(str(tiny_model), device="cpu", dtype="float32", cache_dir=cache_dir)
+    assert not lm.head_is_exact
+    first = np.asarray([lm.tokenizer(" " + w, add_special_tokens=False)["input_ids"][0] for w in WORDS])
+    _, logits = lm.encode(DOCS, Prompt(), 512, Cache(cache_dir), vocab_token_ids=first, vocab_fingerprint="v1")
+    _, ref, _ = direct(tiny_model, DOCS, WORDS)  # transformers' forward is capped here too
+    np.testing.assert_allclose(logits, ref, atol=1e-4, rtol=0)
+    assert np.abs(ref).max() < 30
