@@ -43,13 +43,22 @@ def _quiet_callback(ctx: click.Context, param: click.Parameter, value: bool) -> 
 
 
 quiet_option = click.option(
-    "-q", "--quiet", is_flag=True, expose_value=False, is_eager=True, callback=_quiet_callback,
+    "-q",
+    "--quiet",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_quiet_callback,
     help="No progress bars or messages on stderr (warnings and errors still show).",
 )
-input_argument = click.argument("input", default="-", metavar="[INPUT]", type=click.Path(allow_dash=True, dir_okay=False))
+input_argument = click.argument(
+    "input", default="-", metavar="[INPUT]", type=click.Path(allow_dash=True, dir_okay=False)
+)
 document_options = _compose(
     input_argument,
-    click.option("--text-field", default="text", show_default=True, help="Field of each JSON record that holds the text."),
+    click.option(
+        "--text-field", default="text", show_default=True, help="Field of each JSON record that holds the text."
+    ),
     click.option("--lines", is_flag=True, help="Read each input line as a plain-text document (ids are line numbers)."),
 )
 
@@ -65,27 +74,71 @@ def _text_or_file(value: str) -> str:
 
 
 lm_options = _compose(
-    click.option("--model", "-m", "model", default=None, metavar="MODEL",
-                 help="A local model folder, a .gguf file, or a Hugging Face id in the local cache.  "
-                      "[default: the embedded SmolLM2-135M-Instruct]"),
-    click.option("--device", default="auto", show_default=True, help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps."),
-    click.option("--dtype", default="auto", show_default=True, type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
-                 help="auto: bfloat16 on GPU and on CPUs with AMX/AVX-512 BF16, else float32."),
-    click.option("--max-tokens", default=512, show_default=True, type=click.IntRange(min=1),
-                 help="Truncate each document to this many LM tokens before it is put into the prompt."),
-    click.option("--instruction", default=INSTRUCTION, show_default=True, help="Prompt instruction (@FILE reads it from a file)."),
-    click.option("--template", default=TEMPLATE.replace("\n", "\\n"), show_default=True,
-                 help="Prompt template with {instruction} and {document}; \\n is a newline (@FILE reads a file)."),
-    click.option("--batch-size", default=None, type=click.IntRange(min=1),
-                 help="Most documents in one LM batch.  [default: as many as fit --batch-tokens]"),
-    click.option("--batch-tokens", default=None, type=click.IntRange(min=1),
-                 help="Most padded tokens in one LM batch.  [default: 2048 on CPU, 16384 on GPU]"),
-    click.option("--cache-dir", default=None, type=click.Path(file_okay=False),
-                 help="LM cache and converted models.  [default: $ST_CACHE_DIR or ~/.cache/st]"),
-    click.option("--trust-remote-code", is_flag=True, help="Let a Hugging Face model run its own Python code (off: safer)."),
+    click.option(
+        "--model",
+        "-m",
+        "model",
+        default=None,
+        metavar="MODEL",
+        help="A local model folder, a .gguf file, or a Hugging Face id in the local cache.  "
+        "[default: the embedded SmolLM2-135M-Instruct]",
+    ),
+    click.option(
+        "--device", default="auto", show_default=True, help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps."
+    ),
+    click.option(
+        "--dtype",
+        default="auto",
+        show_default=True,
+        type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+        help="auto: bfloat16 on GPU and on CPUs with AMX/AVX-512 BF16, else float32.",
+    ),
+    click.option(
+        "--max-tokens",
+        default=512,
+        show_default=True,
+        type=click.IntRange(min=1),
+        help="Truncate each document to this many LM tokens before it is put into the prompt.",
+    ),
+    click.option(
+        "--instruction", default=INSTRUCTION, show_default=True, help="Prompt instruction (@FILE reads it from a file)."
+    ),
+    click.option(
+        "--template",
+        default=TEMPLATE.replace("\n", "\\n"),
+        show_default=True,
+        help="Prompt template with {instruction} and {document}; \\n is a newline (@FILE reads a file).",
+    ),
+    click.option(
+        "--batch-size",
+        default=None,
+        type=click.IntRange(min=1),
+        help="Most documents in one LM batch.  [default: as many as fit --batch-tokens]",
+    ),
+    click.option(
+        "--batch-tokens",
+        default=None,
+        type=click.IntRange(min=1),
+        help="Most padded tokens in one LM batch.  [default: 2048 on CPU, 16384 on GPU]",
+    ),
+    click.option(
+        "--cache-dir",
+        default=None,
+        type=click.Path(file_okay=False),
+        help="LM cache and converted models.  [default: $ST_CACHE_DIR or ~/.cache/st]",
+    ),
+    click.option(
+        "--trust-remote-code", is_flag=True, help="Let a Hugging Face model run its own Python code (off: safer)."
+    ),
 )
-output_option = click.option("-o", "--output", default="st.zarr", show_default=True, type=click.Path(),
-                             help="The store to write (a Zarr folder; an existing st store there is replaced).")
+output_option = click.option(
+    "-o",
+    "--output",
+    default="st.zarr",
+    show_default=True,
+    type=click.Path(),
+    help="The store to write (a Zarr folder; an existing st store there is replaced).",
+)
 
 
 def _prompt(template: str, instruction: str) -> Prompt:
@@ -127,24 +180,50 @@ def cli() -> None:
 @cli.command()
 @document_options
 @click.option("--size", default=2000, show_default=True, type=click.IntRange(min=1), help="Number of words to keep.")
-@click.option("--min-df", default=1, show_default=True, type=click.IntRange(min=1), help="Keep words in at least this many documents.")
-@click.option("--max-df", default=1.0, show_default=True, type=click.FloatRange(0, 1, min_open=True),
-              help="Keep words in at most this share of documents.")
-@click.option("--unique-prefix", is_flag=True, help="Keep only the most frequent word of each group sharing a first LM sub-token.")
-@click.option("--model", "-m", "model", default=None, metavar="MODEL",
-              help="LM whose tokenizer decides first sub-tokens.  [default: the embedded SmolLM2-135M-Instruct]")
+@click.option(
+    "--min-df",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Keep words in at least this many documents.",
+)
+@click.option(
+    "--max-df",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0, 1, min_open=True),
+    help="Keep words in at most this share of documents.",
+)
+@click.option(
+    "--unique-prefix", is_flag=True, help="Keep only the most frequent word of each group sharing a first LM sub-token."
+)
+@click.option(
+    "--model",
+    "-m",
+    "model",
+    default=None,
+    metavar="MODEL",
+    help="LM whose tokenizer decides first sub-tokens.  [default: the embedded SmolLM2-135M-Instruct]",
+)
 @click.option("--cache-dir", default=None, type=click.Path(file_okay=False), help="Cache folder (converted models).")
 @quiet_option
-def vocab(input: str, text_field: str, lines: bool, size: int, min_df: int, max_df: float,
-          unique_prefix: bool, model: str | None, cache_dir: str | None) -> None:
+def vocab(
+    input: str,
+    text_field: str,
+    lines: bool,
+    size: int,
+    min_df: int,
+    max_df: float,
+    unique_prefix: bool,
+    model: str | None,
+    cache_dir: str | None,
+) -> None:
     """Build the topic vocabulary: a JSON list of words, most frequent first.
 
     Lowercased alphabetic words longer than 2 characters, English stop words removed, the top
     --size by corpus frequency. Words sharing a first LM sub-token get one soft-label probability;
     they are reported on stderr.
     """
-    from st.lm import load_tokenizer, resolve
-
     name = records.source_name(input)
     texts = (d.text for d in records.read_documents(input, text_field, lines) if d.text)
     words, n = vocab_mod.build(texts, size=size, min_df=min_df, max_df=max_df)
@@ -152,6 +231,8 @@ def vocab(input: str, text_field: str, lines: bool, size: int, min_df: int, max_
         raise InputError("no documents (the input is empty or has only empty texts)", name)
     if not words:
         raise InputError("no word passes the filters (only stop words, digits or short words?)", name)
+    from st.lm import load_tokenizer, resolve
+
     tokenizer = load_tokenizer(resolve(model), _cache_dir(cache_dir))
     projection = vocab_mod.project(words, tokenizer)
     if projection.collisions:
@@ -166,28 +247,53 @@ def vocab(input: str, text_field: str, lines: bool, size: int, min_df: int, max_
 
 
 def _encode_command(kind: str) -> Callable[..., None]:
-    def run(input: str, output: str, text_field: str, lines: bool, model: str | None, device: str, dtype: str,
-            max_tokens: int, instruction: str, template: str, batch_size: int | None, batch_tokens: int | None,
-            cache_dir: str | None, trust_remote_code: bool, **extra: Any) -> None:
+    def run(
+        input: str,
+        output: str,
+        text_field: str,
+        lines: bool,
+        model: str | None,
+        device: str,
+        dtype: str,
+        max_tokens: int,
+        instruction: str,
+        template: str,
+        batch_size: int | None,
+        batch_tokens: int | None,
+        cache_dir: str | None,
+        trust_remote_code: bool,
+        **extra: Any,
+    ) -> None:
         from st import softlabel
         from st.cache import Cache
 
         opts = softlabel.Options(
-            text_field=text_field, lines=lines, prompt=_prompt(template, instruction), max_tokens=max_tokens,
-            temperature=extra.get("temperature", 3.0), batch_tokens=batch_tokens, batch_size=batch_size,
+            text_field=text_field,
+            lines=lines,
+            prompt=_prompt(template, instruction),
+            max_tokens=max_tokens,
+            temperature=extra.get("temperature", 3.0),
+            batch_tokens=batch_tokens,
+            batch_size=batch_size,
         )
         words = vocab_mod.load(extra["vocab_path"]) if extra.get("vocab_path") else None
-        path, cleanup = softlabel.spool_stdin(input) if kind == "softlabel" and words is None else (input, lambda: None)
+        building = kind == "softlabel" and words is None
+        path, cleanup = softlabel.spool_stdin(input) if building else (input, lambda: None)
         try:
             folder = _cache_dir(cache_dir)
-            lm = _load_lm(model, device, dtype, folder, trust_remote_code)
-            cache = Cache(folder)
-            vocabulary = None
-            if kind == "softlabel":
-                vocabulary = softlabel.build_vocabulary(
-                    lm, path, opts, words, extra["vocab_size"], extra["unique_prefix"], records.source_name(input)
-                )
-            softlabel.encode_corpus(path, output, lm, cache, opts, click.get_binary_stream("stdout"), vocabulary, kind)
+            if building:
+                words = softlabel.corpus_vocabulary(path, opts, extra["vocab_size"], records.source_name(input))
+            softlabel.encode_corpus(
+                path,
+                output,
+                lambda: _load_lm(model, device, dtype, folder, trust_remote_code),
+                Cache(folder),
+                opts,
+                click.get_binary_stream("stdout"),
+                words,
+                extra.get("unique_prefix", False),
+                kind,
+            )
         finally:
             cleanup()
 
@@ -197,13 +303,31 @@ def _encode_command(kind: str) -> Callable[..., None]:
 @cli.command()
 @document_options
 @output_option
-@click.option("-t", "--temperature", default=3.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="τ of the soft label softmax(logits/τ), recorded in the store (the logits are stored raw).")
-@click.option("--vocab", "vocab_path", default=None, type=click.Path(dir_okay=False),
-              help="Vocabulary file (JSON list of words, from `st vocab`).  [default: built from the input]")
-@click.option("--vocab-size", default=2000, show_default=True, type=click.IntRange(min=1),
-              help="Vocabulary size when it is built from the input.")
-@click.option("--unique-prefix", is_flag=True, help="Keep one word per shared first sub-token when building the vocabulary.")
+@click.option(
+    "-t",
+    "--temperature",
+    default=3.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="τ of the soft label softmax(logits/τ), recorded in the store (the logits are stored raw).",
+)
+@click.option(
+    "--vocab",
+    "vocab_path",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Vocabulary file (JSON list of words, from `st vocab`).  [default: built from the input]",
+)
+@click.option(
+    "--vocab-size",
+    default=2000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Vocabulary size when it is built from the input.",
+)
+@click.option(
+    "--unique-prefix", is_flag=True, help="Keep one word per shared first sub-token when building the vocabulary."
+)
 @lm_options
 @quiet_option
 def softlabel(**kwargs: Any) -> None:

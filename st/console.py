@@ -20,12 +20,12 @@ def set_quiet(quiet: bool) -> None:
 
 def info(message: str) -> None:
     if not _state["quiet"]:
-        err.print(message, markup=False)
+        err.print(message, markup=False, soft_wrap=True)
 
 
 def warn(message: str) -> None:
     # Warnings are shown even with -q: they say something about the data.
-    err.print(f"st: warning: {message}", markup=False, style="yellow")
+    err.print(f"st: warning: {message}", markup=False, style="yellow", soft_wrap=True)
 
 
 class _Bar:
@@ -36,9 +36,11 @@ class _Bar:
         if self._progress is not None and self._task is not None:
             self._progress.advance(self._task, n)
 
-    def total(self, total: int | None) -> None:
+    def finish(self) -> None:
+        """Blank lines and skipped documents count toward the total without being encoded."""
         if self._progress is not None and self._task is not None:
-            self._progress.update(self._task, total=total)
+            task = self._progress.tasks[self._task]
+            self._progress.update(self._task, completed=task.total if task.total is not None else task.completed)
 
 
 @contextmanager

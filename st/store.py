@@ -153,7 +153,9 @@ class Store:
         try:
             return np.asarray(self.group[name][: self.rows] if name != "vocab" else self.group[name][:])
         except Exception as e:  # noqa: BLE001
-            raise InputError(f"damaged {name!r} array ({type(e).__name__}); re-create the store", str(self.path)) from None
+            raise InputError(
+                f"damaged {name!r} array ({type(e).__name__}); re-create the store", str(self.path)
+            ) from None
 
     def vocab(self) -> list[str]:
         return [str(w) for w in self.array("vocab")]

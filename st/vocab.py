@@ -36,9 +36,7 @@ def tokenize(text: str) -> list[str]:
     return [w for w in _WORD.findall(text.lower()) if len(w) > 2 and w not in stop]
 
 
-def build(
-    texts: Iterable[str], size: int = 2000, min_df: int = 1, max_df: float = 1.0
-) -> tuple[list[str], int]:
+def build(texts: Iterable[str], size: int = 2000, min_df: int = 1, max_df: float = 1.0) -> tuple[list[str], int]:
     """Top `size` words by corpus frequency, among those in at least `min_df` documents and at
     most a `max_df` share of them. Returns the words (most frequent first) and the corpus size."""
     tf: Counter[str] = Counter()
@@ -116,8 +114,7 @@ def unique_prefix(words: Sequence[str], projection: Projection) -> list[str]:
 def collision_report(projection: Projection, tokenizer, examples: int = 3) -> str:  # noqa: ANN001
     groups = sorted(projection.collisions.items(), key=lambda kv: -len(kv[1]))
     shown = "; ".join(
-        f"{tokenizer.decode([t])!r}: {', '.join(ws[:6])}{', ...' if len(ws) > 6 else ''}"
-        for t, ws in groups[:examples]
+        f"{tokenizer.decode([t])!r}: {', '.join(ws[:6])}{', ...' if len(ws) > 6 else ''}" for t, ws in groups[:examples]
     )
     return (
         f"{projection.n_colliding_words} words share {len(groups)} first sub-tokens and so get identical "
