@@ -8,6 +8,7 @@ interrupted run keeps every batch it finished.
 from __future__ import annotations
 
 import hashlib
+import os
 import sqlite3
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -15,6 +16,14 @@ from pathlib import Path
 import numpy as np
 
 from st.errors import StError
+
+
+def default_cache_dir() -> Path:
+    if os.environ.get("ST_CACHE_DIR"):
+        return Path(os.environ["ST_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "st"
+
 
 _SCHEMA = "CREATE TABLE IF NOT EXISTS entries (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID"
 

