@@ -119,7 +119,7 @@ lm_options = _compose(
         "--batch-tokens",
         default=None,
         type=click.IntRange(min=1),
-        help="Most padded tokens in one LM batch.  [default: 2048 on CPU, 16384 on GPU]",
+        help="Most padded tokens in one LM batch.  [default: 1024 on CPU, 16384 on GPU]",
     ),
     click.option(
         "--cache-dir",

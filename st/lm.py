@@ -412,7 +412,7 @@ class LM:
         return hidden, logits.astype(np.float32)
 
     def default_batch_tokens(self) -> int:
-        return 16384 if self.device.type != "cpu" else 2048
+        return 16384 if self.device.type != "cpu" else 1024
 
     def _namespace(self, prompt: Prompt, max_tokens: int, kind: str) -> bytes:
         spec = {

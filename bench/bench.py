@@ -1,0 +1,178 @@
+"""`make bench`: the LM stage of st against a naive transformers loop, side by side in one run.
+
+For each corpus, the same documents go through
+  - st: the shared backend (length-sorted, token-budget batches, last position only, cache), and
+  - naive: transformers called per batch of 32 in input order, padded to the longest, full logits,
+in alternating blocks of 1,024 documents, so that whatever else the machine does slows both alike.
+Then a cached re-run, peak memory of `st softlabel` as a process, and the float32/bfloat16 choice.
+
+Usage: python bench/bench.py [--docs 2000] [--out bench/results.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+import torch
+
+from st.cache import Cache
+from st.lm import LM, cpu_has_fast_bf16
+from st.prompt import Prompt
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+BLOCK = 1024
+
+
+def load(name: str, n: int) -> list[str]:
+    texts = []
+    with open(DATA / f"{name}.jsonl", "rb") as f:
+        for line in f:
+            texts.append(orjson.loads(line)["text"])
+            if len(texts) == n:
+                break
+    return texts
+
+
+def naive(lm: LM, texts: list[str]) -> None:
+    tok = lm.tokenizer
+    tok.padding_side = "left"
+    prompts = [Prompt().render(t) for t in texts]
+    with torch.inference_mode():
+        for i in range(0, len(prompts), 32):
+            enc = tok(prompts[i : i + 32], return_tensors="pt", padding=True, truncation=True, max_length=512 + 32)
+            lm.model(**enc).logits[:, -1]
+
+
+def side_by_side(lm: LM, texts: list[str]) -> dict[str, float]:
+    tokens = sum(len(t) for t in lm.tokenize_prompts(texts, Prompt(), 512))
+    times = {"st": 0.0, "naive": 0.0}
+    with tempfile.TemporaryDirectory() as cache_dir:
+        cache = Cache(Path(cache_dir))
+        for start in range(0, len(texts), BLOCK):
+            block = texts[start : start + BLOCK]
+            t = time.perf_counter()
+            lm.encode(block, Prompt(), 512, cache)
+            times["st"] += time.perf_counter() - t
+            t = time.perf_counter()
+            naive(lm, block)
+            times["naive"] += time.perf_counter() - t
+            print(f"  {start + len(block)}/{len(texts)} docs", file=sys.stderr)
+        t = time.perf_counter()
+        before = lm.documents_computed
+        for start in range(0, len(texts), BLOCK):
+            lm.encode(texts[start : start + BLOCK], Prompt(), 512, cache)
+        assert lm.documents_computed == before, "the cached re-run ran the LM"
+        cached = time.perf_counter() - t
+    n = len(texts)
+    return {
+        "docs": n,
+        "tokens": tokens,
+        "st_docs_s": n / times["st"],
+        "st_tok_s": tokens / times["st"],
+        "naive_docs_s": n / times["naive"],
+        "naive_tok_s": tokens / times["naive"],
+        "ratio": times["naive"] / times["st"],
+        "cached_s": cached,
+    }
+
+
+def peak_rss_mb(corpus: str, n: int) -> float:
+    """Peak resident memory of `st softlabel` over n documents, as its own process."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "docs.jsonl"
+        with open(DATA / f"{corpus}.jsonl", "rb") as f, open(src, "wb") as out:
+            for i, line in enumerate(f):
+                if i == n:
+                    break
+                out.write(line)
+        env = dict(os.environ, ST_CACHE_DIR=str(Path(tmp) / "cache"))
+        models = Path(os.environ.get("ST_CACHE_DIR", Path.home() / ".cache" / "st")) / "models"
+        (Path(tmp) / "cache").mkdir()
+        if models.is_dir():
+            (Path(tmp) / "cache" / "models").symlink_to(models)
+        cmd = [sys.executable, "-m", "st", "softlabel", str(src), "-o", str(Path(tmp) / "s.zarr"), "-q"]
+        code = (
+            "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+        )
+        out = subprocess.run([sys.executable, "-c", code, *cmd], env=env, capture_output=True, check=True)
+        return int(out.stdout) / 1024
+
+
+def dtype_rates(texts: list[str]) -> dict[str, float]:
+    """Documents/s per dtype on a small sample, and what bfloat16 changes in the logits."""
+    rates, logits = {}, {}
+    for dtype in ("float32", "bfloat16"):
+        lm = LM(None, device="cpu", dtype=dtype)
+        with tempfile.TemporaryDirectory() as cache_dir:
+            ids = np.asarray([lm.tokenizer(" " + w, add_special_tokens=False)["input_ids"][0] for w in VOCAB_SAMPLE])
+            t = time.perf_counter()
+            _, logits[dtype] = lm.encode(texts, Prompt(), 512, Cache(Path(cache_dir)), vocab_token_ids=ids)
+            rates[dtype] = len(texts) / (time.perf_counter() - t)
+    diff = float(np.abs(logits["float32"] - logits["bfloat16"]).max())
+    top = [
+        len(set(np.argsort(-a)[:10]) & set(np.argsort(-b)[:10])) / 10
+        for a, b in zip(logits["float32"], logits["bfloat16"], strict=True)
+    ]
+    return {**rates, "max_dlogit": diff, "top10_overlap": float(np.mean(top))}
+
+
+VOCAB_SAMPLE = (
+    "java python database server windows file error code data function string table query web application "
+    "sql linux image network class object array list page user system program memory value time text "
+    "music sports news game film love life world people family school health business art food travel"
+).split()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--docs", type=int, default=2000)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    lm = LM(None, device="cpu")
+    rows = []
+    for corpus in ("stackoverflow", "tweet_topic"):
+        print(f"{corpus}: {args.docs} documents", file=sys.stderr)
+        rows.append((corpus, side_by_side(lm, load(corpus, args.docs))))
+    mem_small = peak_rss_mb("stackoverflow", args.docs)
+    rates = dtype_rates(load("stackoverflow", 64))
+
+    lines = [
+        f"LM stage, embedded {lm.source.name.removeprefix('embedded:')} on CPU ({torch.get_num_threads()} threads, "
+        f"{lm.identity['dtype']}), {args.docs} documents per corpus, st and naive side by side in one run:",
+        "",
+        "| corpus | prompt tokens | st docs/s | st tokens/s | naive docs/s | naive tokens/s | ratio | cached re-run |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for corpus, r in rows:
+        lines.append(
+            f"| {corpus} | {r['tokens']} | {r['st_docs_s']:.1f} | {r['st_tok_s']:.0f} | {r['naive_docs_s']:.1f} | "
+            f"{r['naive_tok_s']:.0f} | {r['ratio']:.2f}x | {r['cached_s']:.2f} s |"
+        )
+    lines += [
+        "",
+        f"Peak RSS of `st softlabel` on {args.docs} stackoverflow documents: {mem_small:.0f} MB.",
+        "",
+        f"dtype on this CPU (AMX/AVX-512 BF16: {'yes' if cpu_has_fast_bf16() else 'no'}): float32 "
+        f"{rates['float32']:.1f} docs/s, bfloat16 {rates['bfloat16']:.1f} docs/s; bfloat16 changes logits by up to "
+        f"{rates['max_dlogit']:.3f}, top-10 word overlap {rates['top10_overlap']:.2f}. "
+        f"`--dtype auto` picks {'bfloat16' if cpu_has_fast_bf16() else 'float32'} here.",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
