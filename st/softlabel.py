@@ -20,7 +20,7 @@ from st import console, records, vocab
 from st.cache import Cache
 from st.errors import InputError, StError
 from st.prompt import Prompt
-from st.store import CHUNK_ROWS, StoreWriter
+from st.store import CHUNK_ROWS, HiddenWriter, StoreWriter, embed_target
 
 if TYPE_CHECKING:  # importing torch takes seconds; bad input should fail before that
     from st.lm import LM
@@ -123,8 +123,9 @@ def encode_corpus(
     fails at once. With `kind="softlabel"`, `words` is the vocabulary."""
     name = records.source_name(path)
     summary = Summary()
-    writer: StoreWriter | None = None
+    writer: StoreWriter | HiddenWriter | None = None
     lm: LM | None = None
+    target = embed_target(output) if kind == "embed" else None
     vocabulary: Vocabulary | None = None
     store_path = str(Path(output).absolute())
     with console.progress(f"st {kind}", total=count_lines(path)) as bar:
@@ -137,6 +138,14 @@ def encode_corpus(
                 if kind == "softlabel":
                     assert words is not None
                     vocabulary = project_vocabulary(lm, words, unique_prefix)
+            if writer is None and target is not None:
+                source = {
+                    "lm": lm.identity,
+                    "max_tokens": opts.max_tokens,
+                    "prompt": {"template": opts.prompt.template, "instruction": opts.prompt.instruction},
+                }
+                writer = HiddenWriter(target, lm.hidden_size, source, chunk_rows=opts.chunk_rows)
+                console.info(f"adding hidden states to the soft-label store {target.path}")
             if writer is None:
                 attrs = {
                     "kind": kind,

@@ -8,6 +8,7 @@ only when the run that wrote it finished. Records printed on stdout point at row
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import warnings
 from collections.abc import Sequence
@@ -169,3 +170,62 @@ class Store:
         indices = np.asarray(self.group["bow/indices"][:nnz])
         data = np.asarray(self.group["bow/data"][:nnz])
         return sparse.csr_matrix((data, indices, indptr), shape=(self.rows, len(self.vocab())))
+
+
+class HiddenWriter:
+    """`st embed` into a finished soft-label store of the same documents: the new hidden states are
+    written beside the old ones and swapped in only when all rows are there, so the store stays
+    complete and its soft labels are never lost, whatever happens midway."""
+
+    def __init__(self, store: Store, hidden_size: int, source: dict[str, Any], chunk_rows: int = CHUNK_ROWS) -> None:
+        self.store = store
+        self.path = store.path
+        self.expected = store.ids()
+        self.source = source
+        self.rows = 0
+        self.tmp = self.path / "hidden-new"
+        shutil.rmtree(self.tmp, ignore_errors=True)  # left by an interrupted run
+        group = zarr.open_group(str(self.path), mode="r+", zarr_format=3)
+        self.array = group.create_array(
+            "hidden-new", shape=(0, hidden_size), dtype="float32", chunks=(chunk_rows, hidden_size)
+        )
+
+    def append(self, ids: Sequence[str], records: Sequence[str], hidden: np.ndarray, *_: object) -> int:
+        for i, doc_id in enumerate(ids):
+            row = self.rows + i
+            if row >= len(self.expected) or self.expected[row] != doc_id:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                found = self.expected[row] if row < len(self.expected) else "nothing"
+                raise InputError(
+                    f"row {row} holds {found!r}, the input has {doc_id!r}: st embed adds hidden states to a store "
+                    "of the same documents only; name another -o",
+                    str(self.path),
+                )
+        self.array.append(hidden)
+        first = self.rows
+        self.rows += len(ids)
+        return first
+
+    def finish(self) -> None:
+        if self.rows != len(self.expected):
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise InputError(
+                f"the input has {self.rows} documents, the store {len(self.expected)}: st embed adds hidden states "
+                "to a store of the same documents only; name another -o",
+                str(self.path),
+            )
+        old = self.path / "hidden-old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(self.path / "hidden", old)
+        os.rename(self.tmp, self.path / "hidden")
+        shutil.rmtree(old, ignore_errors=True)
+        group = zarr.open_group(str(self.path), mode="r+", zarr_format=3)
+        group.attrs.update({"hidden_source": self.source, "hidden_size": int(self.array.shape[1])})
+
+
+def embed_target(path: str | Path) -> Store | None:
+    """The finished soft-label store at `path` that `st embed` should add to, if there is one."""
+    attrs = _read_attrs(Path(path))
+    if attrs is None or attrs.get("kind") != "softlabel" or not attrs.get("complete"):
+        return None
+    return Store(path)

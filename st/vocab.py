@@ -20,7 +20,9 @@ from scipy import sparse
 
 from st.errors import InputError
 
-_WORD = re.compile(r"[^\W\d_]+")
+# A word with an optional apostrophe suffix: possessives keep their stem ("google's" -> google),
+# other contractions ("don't", "i'm") are function words and are dropped whole.
+_WORD = re.compile(r"([^\W\d_]+)(?:['’]([^\W\d_]+))?")
 
 
 @functools.cache
@@ -33,7 +35,7 @@ def stop_words() -> frozenset[str]:
 def tokenize(text: str) -> list[str]:
     """The words of a text as the vocabulary, the bag of words and coherence see them."""
     stop = stop_words()
-    return [w for w in _WORD.findall(text.lower()) if len(w) > 2 and w not in stop]
+    return [w for w, suffix in _WORD.findall(text.lower()) if suffix in ("", "s") and len(w) > 2 and w not in stop]
 
 
 def build(texts: Iterable[str], size: int = 2000, min_df: int = 1, max_df: float = 1.0) -> tuple[list[str], int]:

@@ -306,3 +306,29 @@ def test_completion_scripts_are_generated_and_committed(shell):
 def test_python_dash_m_entry_point(cache_dir):
     result = subprocess.run([sys.executable, "-m", "st", "--version"], capture_output=True, env=st_env(cache_dir))
     assert result.returncode == 0 and b"st" in result.stdout
+
+
+def test_embed_adds_hidden_states_to_a_soft_label_store_of_the_same_documents(tiny_model, cache_dir, so_docs, tmp_path):
+    from tests.test_resume import tree_bytes
+
+    runner = CliRunner()
+    store = tmp_path / "docs.zarr"
+    args = model_args(tiny_model, cache_dir)
+    r = runner.invoke(cli, ["softlabel", *args, "--max-tokens", "4", str(so_docs), "-o", str(store), "-q"])
+    assert r.exit_code == 0, r.output
+    logits = Store(store).array("logits")
+    r = runner.invoke(cli, ["embed", *args, str(so_docs), "-o", str(store), "-q"])
+    assert r.exit_code == 0, r.output
+    r2 = runner.invoke(cli, ["embed", *args, str(so_docs), "-o", str(tmp_path / "alone.zarr"), "-q"])
+    s = Store(store)
+    np.testing.assert_array_equal(s.array("logits"), logits)  # the soft labels are kept
+    np.testing.assert_array_equal(s.array("hidden"), Store(tmp_path / "alone.zarr").array("hidden"))
+    assert s.attrs["max_tokens"] == 4 and s.attrs["hidden_source"]["max_tokens"] == 512
+    assert r.stdout == r2.stdout.replace(str(tmp_path / "alone.zarr"), str(store))
+    # Other documents: refused, and the store is left exactly as it was.
+    before = tree_bytes(store)
+    other = tmp_path / "other.jsonl"
+    other.write_bytes(b"".join(so_docs.read_bytes().splitlines(keepends=True)[::-1]))
+    r = run_st(["embed", *args, str(other), "-o", str(store), "-q"], cache_dir)
+    assert r.returncode == 2 and b"same documents only" in r.stderr
+    assert tree_bytes(store) == before
