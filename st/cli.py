@@ -351,6 +351,277 @@ def embed(**kwargs: Any) -> None:
     _encode_command("embed")(**kwargs)
 
 
+def _training_rows(input: str | None, store_path: str | None) -> tuple[Any, Any, list[dict[str, Any]] | None]:
+    """The store and the rows to train on: every row of `--store`, or the rows that piped records
+    point at (so that `head`, `grep` or `shuf` between stages choose the training set)."""
+    import numpy as np
+
+    from st.store import Store
+
+    if input is None and store_path is not None:
+        store = Store(store_path)
+        return store, np.arange(store.rows), None
+    source = input or "-"
+    name = records.source_name(source)
+    stores: dict[str, Any] = {}
+    rows: list[int] = []
+    recs: list[dict[str, Any]] = []
+    for number, line in records.iter_lines(source):
+        if not line.strip():
+            continue
+        rec = records.parse_object(line, name, number)
+        ref = rec.get("_st")
+        if not (isinstance(ref, dict) and isinstance(ref.get("store"), str) and isinstance(ref.get("row"), int)):
+            raise InputError(
+                "no '_st' store reference; pipe records from `st softlabel`, or pass --store", name, number
+            )
+        path = store_path or ref["store"]
+        if path not in stores:
+            if stores:
+                raise InputError("records point into more than one store; train on one store at a time", name, number)
+            stores[path] = Store(path, require_complete=False)
+        if store_path is not None and Path(ref["store"]).absolute() != stores[path].path:
+            raise InputError(f"the record points into {ref['store']}, not into --store", name, number)
+        if not 0 <= ref["row"] < stores[path].rows:
+            raise InputError(f"row {ref['row']} is not in the store ({stores[path].rows} rows)", name, number)
+        rows.append(ref["row"])
+        recs.append(rec)
+    if not rows:
+        raise InputError("no records; pipe the output of `st softlabel`, or pass --store", name)
+    return next(iter(stores.values())), np.asarray(rows), recs
+
+
+@cli.command()
+@click.argument("input", required=False, type=click.Path(allow_dash=True, dir_okay=False))
+@click.option("-k", "--topics", "k", default=50, show_default=True, type=int, help="Number of topics K.")
+@click.option(
+    "--store",
+    "store_path",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Train on every document of this store (instead of records from INPUT or stdin).",
+)
+@click.option(
+    "-o",
+    "--output",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Save the model in this folder.  [default: inside the store, as STORE#MODEL-ID]",
+)
+@click.option(
+    "--target",
+    type=click.Choice(["softlabel", "bow"]),
+    default="softlabel",
+    show_default=True,
+    help="What the decoder reconstructs: the LM soft label (DSL) or the bag of words (ProdLDA).",
+)
+@click.option(
+    "--input",
+    "input_kind",
+    type=click.Choice(["hidden", "bow"]),
+    default="hidden",
+    show_default=True,
+    help="What the encoder reads: the LM hidden state or the bag of words.",
+)
+@click.option(
+    "-t",
+    "--temperature",
+    default=None,
+    type=click.FloatRange(min=0, min_open=True),
+    help="τ of the soft-label target.  [default: the store's]",
+)
+@click.option(
+    "--decoder-temperature",
+    default=None,
+    type=click.FloatRange(min=0, min_open=True),
+    help="τ of the decoder softmax.  [default: the target's τ]",
+)
+@click.option("--topk", default=None, type=click.IntRange(min=1), help="Keep only each target's top N words.")
+@click.option(
+    "--sparsity",
+    default=None,
+    type=click.FloatRange(0, 1, max_open=True),
+    help="Drop this share of each target's smallest entries.",
+)
+@click.option(
+    "--lambda", "lam", default=1000.0, show_default=True, type=float, help="Weight λ of the reconstruction term."
+)
+@click.option("--loss", type=click.Choice(["kl", "ce"]), default="kl", show_default=True, help="Reconstruction loss.")
+@click.option("--lr", default=2e-3, show_default=True, type=float, help="Adam learning rate.")
+@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=2), help="Documents per step.")
+@click.option("--epochs", default=100, show_default=True, type=click.IntRange(min=1), help="Passes over the documents.")
+@click.option(
+    "--samples", default=10, show_default=True, type=click.IntRange(min=1), help="θ draws averaged at inference."
+)
+@click.option(
+    "--seed", default=0, show_default=True, type=int, help="Random seed (same seed, same machine: same model)."
+)
+@click.option("--top-words", default=15, show_default=True, type=click.IntRange(min=1), help="Words printed per topic.")
+@click.option(
+    "--docs", is_flag=True, help="Print one record per document (input record + theta + topic) instead of topics."
+)
+@quiet_option
+def train(
+    input: str | None,
+    k: int,
+    store_path: str | None,
+    output: str | None,
+    target: str,
+    input_kind: str,
+    temperature: float | None,
+    decoder_temperature: float | None,
+    topk: int | None,
+    sparsity: float | None,
+    lam: float,
+    loss: str,
+    lr: float,
+    batch_size: int,
+    epochs: int,
+    samples: int,
+    seed: int,
+    top_words: int,
+    docs: bool,
+) -> None:
+    """Train a topic model on soft labels (DSL), or a bag-of-words baseline.
+
+    Prints one JSON record per topic, writes θ of every store document to `theta/MODEL-ID` in the
+    store, and saves the model (-o, or inside the store).
+    """
+    from st import train as train_mod
+    from st.store import write_theta
+
+    if k < 2:
+        raise click.BadParameter("K must be at least 2", param_hint="-k")
+    if topk is not None and sparsity is not None:
+        raise click.UsageError("--topk and --sparsity both choose the target's support; give one")
+    store, rows, recs = _training_rows(input, store_path)
+    opts = train_mod.TrainOptions(
+        k=k,
+        target=target,
+        input=input_kind,
+        temperature=temperature,
+        decoder_temperature=decoder_temperature,
+        topk=topk,
+        sparsity=sparsity,
+        lam=lam,
+        loss=loss,
+        lr=lr,
+        batch_size=batch_size,
+        epochs=epochs,
+        samples=samples,
+        seed=seed,
+    )
+    model, _ = train_mod.train(store, rows, opts)
+    theta = model.theta(train_mod.model_inputs(store, input_kind))
+    write_theta(store, model.id, theta, {"model": model.id, "k": k})
+    if output is not None:
+        train_mod.save(model, Path(output), top_words)
+        console.info(f"model saved in {Path(output).absolute()}")
+    else:
+        train_mod.save(model, store.path / "models" / model.id, top_words)
+        console.info(f"model saved as {store.path}#{model.id}")
+    topics = model.topics(top_words)
+    _topic_table(topics)
+    out = click.get_binary_stream("stdout")
+    if docs:
+        stored = store.array("records") if recs is None else None
+        for i, row in enumerate(rows.tolist()):
+            rec = recs[i] if recs is not None else records.parse_object(str(stored[row]), str(store.path), row)
+            t = theta[row]
+            out.write(
+                records.dumps({**rec, "theta": [round(float(v), 6) for v in t], "topic": int(t.argmax())}) + b"\n"
+            )
+    else:
+        for topic in topics:
+            out.write(records.dumps(topic) + b"\n")
+    out.flush()
+
+
+def _topic_table(topics: list[dict[str, Any]]) -> None:
+    if console._state["quiet"] or not console.err.is_terminal:
+        return
+    from rich.table import Table
+
+    table = Table(title="topics", show_lines=False)
+    table.add_column("#", justify="right")
+    table.add_column("top words")
+    for t in topics:
+        table.add_row(str(t["topic"]), " ".join(t["words"][:10]))
+    console.err.print(table)
+
+
+@cli.command()
+@click.option(
+    "-m",
+    "--model",
+    "model_spec",
+    required=True,
+    metavar="MODEL",
+    help="A model folder (st train -o) or STORE#MODEL-ID.",
+)
+@document_options
+@click.option(
+    "--lm",
+    default=None,
+    metavar="LM",
+    help="Where the model's LM is, if not where it was at training (its weights must be the same).",
+)
+@click.option(
+    "--device", default="auto", show_default=True, help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps."
+)
+@click.option("--batch-size", default=None, type=click.IntRange(min=1), help="Most documents in one LM batch.")
+@click.option("--batch-tokens", default=None, type=click.IntRange(min=1), help="Most padded tokens in one LM batch.")
+@click.option(
+    "--cache-dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="LM cache and converted models.  [default: $ST_CACHE_DIR or ~/.cache/st]",
+)
+@click.option(
+    "--trust-remote-code", is_flag=True, help="Let a Hugging Face model run its own Python code (off: safer)."
+)
+@quiet_option
+def infer(
+    model_spec: str,
+    input: str,
+    text_field: str,
+    lines: bool,
+    lm: str | None,
+    device: str,
+    batch_size: int | None,
+    batch_tokens: int | None,
+    cache_dir: str | None,
+    trust_remote_code: bool,
+) -> None:
+    """θ for new documents: each input record plus `theta` and `topic` (its argmax).
+
+    Documents go through the LM, prompt and max tokens the model was trained with (and the shared
+    cache); records encoded by another LM or prompt are refused.
+    """
+    from st import infer as infer_mod
+    from st import train as train_mod
+    from st.cache import Cache
+
+    model, _ = train_mod.load(model_spec)
+    source = model.config.get("input_source") or model.config
+    identity = source.get("lm") or {}
+    name = lm or identity.get("model")
+    if isinstance(name, str) and name.startswith("embedded:"):
+        name = None
+    folder = _cache_dir(cache_dir)
+    infer_mod.infer(
+        input,
+        model,
+        lambda: _load_lm(name, device, identity.get("dtype", "auto"), folder, trust_remote_code),
+        Cache(folder),
+        click.get_binary_stream("stdout"),
+        text_field,
+        lines,
+        batch_tokens,
+        batch_size,
+    )
+
+
 @cli.command()
 @click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
 def completion(shell: str) -> None:

@@ -40,7 +40,7 @@ def open_binary(path: str) -> IO[bytes]:
         raise InputError(f"cannot open: {e.strerror}", source_name(path)) from None
 
 
-def _lines(path: str) -> Iterator[tuple[int, str]]:
+def iter_lines(path: str) -> Iterator[tuple[int, str]]:
     """Decoded lines with their 1-based numbers; a BOM and CRLF line ends are accepted."""
     name = source_name(path)
     f = open_binary(path)
@@ -81,7 +81,7 @@ def read_documents(
     """Validated documents, streamed. Empty documents are skipped with a warning by the caller's count."""
     name = source_name(path)
     seen: dict[str, int] = {}
-    for number, line in _lines(path):
+    for number, line in iter_lines(path):
         if lines:
             doc_id, text, record = str(number - 1), line, {"id": str(number - 1), "text": line}
         else:

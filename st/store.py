@@ -229,3 +229,14 @@ def embed_target(path: str | Path) -> Store | None:
     if attrs is None or attrs.get("kind") != "softlabel" or not attrs.get("complete"):
         return None
     return Store(path)
+
+
+def write_theta(store: Store, model_id: str, theta: np.ndarray, attrs: dict[str, Any]) -> None:
+    """θ of every row of the store under `theta/<model id>`, beside other models' θ."""
+    group = zarr.open_group(str(store.path), mode="r+", zarr_format=3)
+    k = theta.shape[1]
+    arr = group.create_array(
+        f"theta/{model_id}", shape=theta.shape, dtype="float32", chunks=(CHUNK_ROWS, k), overwrite=True
+    )
+    arr[:] = theta
+    arr.attrs.update(attrs)

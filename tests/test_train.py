@@ -1,0 +1,287 @@
+"""st train and st infer: invariants, reproducibility, save/load, baselines, refusals."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+import torch
+from click.testing import CliRunner
+
+from st.cli import cli
+from st.models import ProdLDA, ProdLDAConfig, reconstruction_loss
+from st.store import Store
+from st.train import TrainOptions, load, soft_label, train
+from tests.conftest import read_jsonl, st_env, st_exe
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "stackoverflow-200.jsonl"
+
+
+@pytest.fixture
+def store(tiny_model, cache_dir, tmp_path) -> tuple[Path, str]:
+    path = tmp_path / "ex.zarr"
+    r = CliRunner().invoke(
+        cli,
+        [
+            "softlabel",
+            str(EXAMPLES),
+            "-o",
+            str(path),
+            "--model",
+            str(tiny_model),
+            "--cache-dir",
+            str(cache_dir),
+            "--dtype",
+            "float32",
+            "--vocab-size",
+            "300",
+            "-q",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    return path, r.stdout
+
+
+def run_train(*args: str, input: str | None = None):
+    return CliRunner().invoke(cli, ["train", "-q", *args], input=input)
+
+
+def test_kl_terms_equal_torch_distributions():
+    torch.manual_seed(0)
+    model = ProdLDA(ProdLDAConfig(input_size=4, vocab_size=6, k=3))
+    with torch.no_grad():
+        model.prior_mean.normal_()
+        model.prior_logvar.normal_()
+    mu, logvar = torch.randn(5, 3), torch.randn(5, 3)
+    q = torch.distributions.Normal(mu, torch.exp(0.5 * logvar))
+    p = torch.distributions.Normal(model.prior_mean, torch.exp(0.5 * model.prior_logvar))
+    expected = torch.distributions.kl_divergence(q, p).sum(-1)
+    torch.testing.assert_close(model.kl_prior(mu, logvar), expected, atol=1e-5, rtol=1e-5)
+    target = torch.softmax(torch.randn(5, 6), -1)
+    log_recon = torch.log_softmax(torch.randn(5, 6), -1)
+    kl = torch.nn.functional.kl_div(log_recon, target, reduction="none").sum(-1)
+    torch.testing.assert_close(reconstruction_loss(log_recon, target), kl, atol=1e-6, rtol=1e-6)
+
+
+def test_soft_label_is_softmax_over_tau_with_optional_top_k():
+    logits = np.array([[1.0, 2.0, 3.0, 0.0]], dtype=np.float32)
+    e = np.exp(logits[0] / 3)
+    np.testing.assert_allclose(soft_label(logits, 3.0)[0], e / e.sum(), rtol=1e-6)
+    top2 = soft_label(logits, 1.0, topk=2)[0]
+    np.testing.assert_allclose(top2, [0, np.e**2 / (np.e**2 + np.e**3), np.e**3 / (np.e**2 + np.e**3), 0], rtol=1e-6)
+    assert (soft_label(logits, 1.0, sparsity=0.5)[0] > 0).sum() == 2
+
+
+def test_train_writes_theta_topics_and_a_model(store, tmp_path):
+    path, _ = store
+    r = run_train("-k", "5", "--store", str(path), "--epochs", "3", "-o", str(tmp_path / "m"), "--top-words", "7")
+    assert r.exit_code == 0, r.output
+    topics = [orjson.loads(x) for x in r.stdout_bytes.splitlines()]
+    assert [t["topic"] for t in topics] == list(range(5))
+    vocab = Store(path).vocab()
+    for t in topics:
+        assert len(t["words"]) == 7 and set(t["words"]) <= set(vocab)
+        assert t["weights"] == sorted(t["weights"], reverse=True)
+    model, _ = load(str(tmp_path / "m"))
+    theta = np.asarray(Store(path).group[f"theta/{model.id}"][:])
+    assert theta.shape == (200, 5)
+    np.testing.assert_allclose(theta.sum(1), 1, atol=1e-5)
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "topics.json",
+        "vocab.json",
+    ]
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert (
+        config["training"]["lam"] == 1000
+        and config["training"]["lr"] == 2e-3
+        and config["model"]["hidden"] == [200, 200]
+    )
+    assert (
+        config["vocab_fingerprint"] == Store(path).attrs["vocab_fingerprint"]
+        and config["lm"] == Store(path).attrs["lm"]
+    )
+    # Loaded again, the model gives the same θ.
+    np.testing.assert_array_equal(model.theta(Store(path).array("hidden")), theta)
+
+
+def test_same_seed_same_model_bit_for_bit_and_the_loss_decreases(store):
+    path, _ = store
+    s = Store(path)
+    opts = TrainOptions(k=4, epochs=6, seed=3)
+    a, losses = train(s, np.arange(s.rows), opts)
+    b, _ = train(s, np.arange(s.rows), opts)
+    for (name, x), (_, y) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
+        assert torch.equal(x, y), name
+    assert losses[-1] < losses[0]
+    c, _ = train(s, np.arange(s.rows), TrainOptions(k=4, epochs=6, seed=4))
+    assert not torch.equal(a.model.beta, c.model.beta)
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--target", "bow", "--input", "bow"],
+        ["--target", "bow", "--input", "hidden"],
+        ["--loss", "ce", "--topk", "20"],
+        ["--sparsity", "0.9", "-t", "1"],
+    ],
+)
+def test_baselines_and_variants_train(store, flags):
+    path, _ = store
+    r = run_train("-k", "3", "--store", str(path), "--epochs", "2", *flags)
+    assert r.exit_code == 0, r.output
+    assert len(r.stdout_bytes.splitlines()) == 3
+    prefix = {"bow": "prodlda" if "bow" == flags[-1] else "ctm"}.get(flags[1], "dsl")
+    assert any(p.name.startswith(prefix) for p in (path / "models").iterdir())
+
+
+def test_records_on_stdin_choose_the_training_rows_and_docs_output(store):
+    path, records_out = store
+    lines = records_out.splitlines()
+    picked = "\n".join(lines[10:30]) + "\n"
+    r = run_train("-k", "3", "--epochs", "2", "--docs", input=picked)
+    assert r.exit_code == 0, r.output
+    out = [orjson.loads(x) for x in r.stdout_bytes.splitlines()]
+    assert [o["id"] for o in out] == [orjson.loads(x)["id"] for x in lines[10:30]]
+    for o in out:
+        assert len(o["theta"]) == 3 and o["topic"] == int(np.argmax(o["theta"])) and "_st" in o
+
+
+def test_infer_on_training_documents_reproduces_the_stored_theta(store, tmp_path, cache_dir):
+    path, records_out = store
+    r = run_train("-k", "4", "--store", str(path), "--epochs", "3", "-o", str(tmp_path / "m"))
+    assert r.exit_code == 0, r.output
+    model, _ = load(str(tmp_path / "m"))
+    stored = np.asarray(Store(path).group[f"theta/{model.id}"][:])
+    docs = read_jsonl(EXAMPLES)
+    r = CliRunner().invoke(
+        cli, ["infer", "-m", str(tmp_path / "m"), str(EXAMPLES), "--cache-dir", str(cache_dir), "-q"]
+    )
+    assert r.exit_code == 0, r.output
+    out = [orjson.loads(x) for x in r.stdout_bytes.splitlines()]
+    assert [o["id"] for o in out] == [d["id"] for d in docs]
+    np.testing.assert_allclose(np.asarray([o["theta"] for o in out]), stored, atol=2e-6)
+    # The same model addressed inside the store, and records as input.
+    r2 = run_train("-k", "4", "--store", str(path), "--epochs", "3")
+    assert r2.exit_code == 0
+    r3 = CliRunner().invoke(
+        cli, ["infer", "-m", f"{path}#{model.id}", "--cache-dir", str(cache_dir), "-q"], input=records_out
+    )
+    assert r3.exit_code == 0, r3.output
+    np.testing.assert_allclose(
+        np.asarray([orjson.loads(x)["theta"] for x in r3.stdout_bytes.splitlines()]), stored, atol=2e-6
+    )
+
+
+def test_infer_refuses_records_from_another_lm(store, tmp_path, cache_dir, embedded_folder):
+    path, _ = store
+    r = run_train("-k", "3", "--store", str(path), "--epochs", "1", "-o", str(tmp_path / "m"))
+    assert r.exit_code == 0
+    other = tmp_path / "other.zarr"
+    r = CliRunner().invoke(
+        cli,
+        [
+            "embed",
+            str(EXAMPLES),
+            "-o",
+            str(other),
+            "--model",
+            str(embedded_folder),
+            "--cache-dir",
+            str(cache_dir),
+            "--max-tokens",
+            "8",
+            "-q",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    r = subprocess.run(
+        [st_exe(), "infer", "-m", str(tmp_path / "m"), "--cache-dir", str(cache_dir)],
+        input=r.stdout_bytes,
+        capture_output=True,
+        env=st_env(cache_dir),
+    )
+    assert r.returncode == 2 and b"encoded with another lm" in r.stderr and r.stdout == b""
+    r = subprocess.run(
+        [
+            st_exe(),
+            "infer",
+            "-m",
+            str(tmp_path / "m"),
+            "--lm",
+            str(embedded_folder),
+            "--cache-dir",
+            str(cache_dir),
+            str(EXAMPLES),
+        ],
+        capture_output=True,
+        env=st_env(cache_dir),
+    )
+    assert r.returncode == 2 and b"but the model was trained on inputs from" in r.stderr
+
+
+def test_bad_flags_and_inputs_get_clear_errors(store, tmp_path, tiny_model, cache_dir):
+    path, _ = store
+    embed_only = tmp_path / "e.zarr"
+    CliRunner().invoke(
+        cli,
+        [
+            "embed",
+            str(EXAMPLES),
+            "-o",
+            str(embed_only),
+            "--model",
+            str(tiny_model),
+            "--cache-dir",
+            str(cache_dir),
+            "-q",
+        ],
+    )
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    cases = [
+        (["train", "-k", "1", "--store", str(path)], "K must be at least 2"),
+        (["train", "-k", "3", "--store", str(embed_only)], "no soft labels"),
+        (["train", "-k", "3", "--store", str(path), "--topk", "100000"], "larger than the vocabulary"),
+        (["train", "-k", "3", "--store", str(tmp_path / "none.zarr")], "no such store"),
+        (["infer", "-m", str(tmp_path / "m"), str(EXAMPLES)], "not an st model"),
+        (["infer", "-m", f"{path}#nope", str(EXAMPLES)], "no model 'nope'"),
+    ]
+    for args, message in cases:
+        r = subprocess.run([st_exe(), *args], capture_output=True, env=st_env(cache_dir), input=b"")
+        err = r.stderr.decode()
+        assert r.returncode == 2, (args, err)
+        assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    r = subprocess.run(
+        [st_exe(), "train", "-k", "3"], capture_output=True, env=st_env(cache_dir), input=b'{"text": "no reference"}\n'
+    )
+    assert r.returncode == 2 and b"<stdin>:1: no '_st' store reference" in r.stderr
+
+
+def test_model_folder_with_corrupt_weights_is_refused(store, tmp_path):
+    path, _ = store
+    assert run_train("-k", "3", "--store", str(path), "--epochs", "1", "-o", str(tmp_path / "m")).exit_code == 0
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"\x00garbage")
+    from st.errors import InputError
+
+    with pytest.raises(InputError, match="missing or damaged model.safetensors"):
+        load(str(tmp_path / "m"))
+    (tmp_path / "m" / "model.safetensors").unlink()
+    with pytest.raises(InputError, match="missing or damaged"):
+        load(str(tmp_path / "m"))
+
+
+def test_headline_pipeline(tiny_model, cache_dir, tmp_path):
+    margs = f"--model {tiny_model} --dtype float32 --cache-dir {cache_dir}"
+    cmd = f"cat {EXAMPLES} | {st_exe()} softlabel -t 3 {margs} -q | {st_exe()} train -k 4 --epochs 2 -q"
+    r = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, env=st_env(cache_dir), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert [orjson.loads(x)["topic"] for x in r.stdout.splitlines()] == [0, 1, 2, 3]
+    models = list((tmp_path / "st.zarr" / "models").iterdir())
+    assert len(models) == 1 and models[0].name.startswith("dsl-k4-")
