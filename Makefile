@@ -21,8 +21,9 @@ $(BIN)/.installed: pyproject.toml
 demo: $(BIN)/.installed
 	@mkdir -p $(OUT)
 	$(BIN)/st softlabel examples/stackoverflow-200.jsonl -t 3 -o $(OUT)/demo.zarr > $(OUT)/demo.records.jsonl
-	@echo "records: $(OUT)/demo.records.jsonl  store: $(OUT)/demo.zarr" >&2
-	$(BIN)/python examples/show_soft_labels.py $(OUT)/demo.zarr 8
+	$(BIN)/python examples/show_soft_labels.py $(OUT)/demo.zarr 5
+	$(BIN)/st train -k 20 -o $(OUT)/demo-model < $(OUT)/demo.records.jsonl > $(OUT)/demo.topics.jsonl
+	$(BIN)/python examples/show_topics.py $(OUT)/demo.topics.jsonl
 
 test: $(BIN)/.installed
 	$(BIN)/ruff check st tests bench examples

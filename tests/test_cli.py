@@ -7,6 +7,7 @@ import os
 import pty
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -247,18 +248,25 @@ def test_stdout_is_pure_jsonl_while_a_progress_bar_runs(tiny_model, cache_dir, s
         env=env,
     )
     os.close(slave)
+    chunks: list[bytes] = []
+
+    def drain() -> None:  # read the terminal while the process runs, or a full pty buffer blocks it
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            chunks.append(chunk)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
     stdout = proc.stdout.read()
     proc.wait(timeout=600)
-    err = b""
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        err += chunk
+    reader.join(timeout=10)
     os.close(master)
+    err = b"".join(chunks)
     assert proc.returncode == 0
     assert b"st softlabel" in err and b"\x1b[" in err  # a live, drawn progress bar
     lines = stdout.splitlines()
