@@ -131,13 +131,14 @@ lm_options = _compose(
         "--trust-remote-code", is_flag=True, help="Let a Hugging Face model run its own Python code (off: safer)."
     ),
 )
+force_option = click.option("--force", is_flag=True, help="Replace the output store even if it holds trained models.")
 output_option = click.option(
     "-o",
     "--output",
     default="st.zarr",
     show_default=True,
     type=click.Path(),
-    help="The store to write (a Zarr folder; an existing st store there is replaced).",
+    help="The store to write (a Zarr folder; an existing st store there is replaced, unless it holds models).",
 )
 
 
@@ -275,6 +276,7 @@ def _encode_command(kind: str) -> Callable[..., None]:
             temperature=extra.get("temperature", 3.0),
             batch_tokens=batch_tokens,
             batch_size=batch_size,
+            force=extra.get("force", False),
         )
         words = vocab_mod.load(extra["vocab_path"]) if extra.get("vocab_path") else None
         building = kind == "softlabel" and words is None
@@ -303,6 +305,7 @@ def _encode_command(kind: str) -> Callable[..., None]:
 @cli.command()
 @document_options
 @output_option
+@force_option
 @click.option(
     "-t",
     "--temperature",
@@ -341,6 +344,7 @@ def softlabel(**kwargs: Any) -> None:
 @cli.command()
 @document_options
 @output_option
+@force_option
 @lm_options
 @quiet_option
 def embed(**kwargs: Any) -> None:

@@ -36,6 +36,7 @@ class Options:
     batch_tokens: int | None = None
     batch_size: int | None = None
     chunk_rows: int = CHUNK_ROWS
+    force: bool = False  # replace a store even if it holds trained models
 
 
 @dataclass
@@ -162,7 +163,12 @@ def encode_corpus(
                         vocab_size=len(vocabulary.words),
                     )
                 writer = StoreWriter(
-                    output, attrs, lm.hidden_size, vocabulary.words if vocabulary else None, chunk_rows=opts.chunk_rows
+                    output,
+                    attrs,
+                    lm.hidden_size,
+                    vocabulary.words if vocabulary else None,
+                    chunk_rows=opts.chunk_rows,
+                    force=opts.force,
                 )
             texts = [d.text for d in chunk]
             before = lm.documents_computed

@@ -51,11 +51,19 @@ class StoreWriter:
         hidden_size: int,
         vocab: Sequence[str] | None = None,
         chunk_rows: int = CHUNK_ROWS,
+        force: bool = False,
     ) -> None:
         self.path = Path(path).absolute()
         if self.path.exists():
             if _read_attrs(self.path) is None and not (self.path.is_dir() and not any(self.path.iterdir())):
                 raise InputError("exists and is not an st store; name another output or remove it", str(path))
+            models = self.path / "models"
+            if not force and models.is_dir() and any(models.iterdir()):
+                raise InputError(
+                    "this store holds trained models, which replacing it would delete; "
+                    "name another output, or pass --force",
+                    str(path),
+                )
             shutil.rmtree(self.path)
         try:
             self.group = zarr.open_group(str(self.path), mode="w", zarr_format=3)

@@ -340,3 +340,14 @@ def test_embed_adds_hidden_states_to_a_soft_label_store_of_the_same_documents(ti
     r = run_st(["embed", *args, str(other), "-o", str(store), "-q"], cache_dir)
     assert r.returncode == 2 and b"same documents only" in r.stderr
     assert tree_bytes(store) == before
+
+
+def test_a_store_holding_trained_models_is_not_replaced_without_force(tiny_model, cache_dir, so_docs, tmp_path):
+    store = tmp_path / "s.zarr"
+    args = ["softlabel", *model_args(tiny_model, cache_dir), str(so_docs), "-o", str(store), "-q"]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    (store / "models" / "dsl-k2-abc").mkdir(parents=True)
+    r = CliRunner().invoke(cli, args)
+    assert r.exit_code == 2 and "holds trained models" in r.output and (store / "models" / "dsl-k2-abc").is_dir()
+    assert CliRunner().invoke(cli, [*args, "--force"]).exit_code == 0
+    assert not (store / "models").exists()
