@@ -178,6 +178,7 @@ def main() -> None:
     for corpus in ("stackoverflow", "tweet_topic"):
         print(f"{corpus}: {args.docs} documents", file=sys.stderr)
         rows.append((corpus, side_by_side(lm, load(corpus, args.docs))))
+        print(f"  {corpus}: {rows[-1][1]}", file=sys.stderr)
     train_docs_s = train_rate()
     mem_docs = min(args.docs, 500)
     mem_small = peak_rss_mb("stackoverflow", mem_docs)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
 
 from st import __version__, console, records
 from st import vocab as vocab_mod
@@ -624,6 +625,171 @@ def infer(
         batch_tokens,
         batch_size,
     )
+
+
+@cli.command("eval")
+@click.option(
+    "--store",
+    "store_path",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="The store the models were trained on.",
+)
+@click.option(
+    "-m",
+    "--model",
+    "model_specs",
+    multiple=True,
+    required=True,
+    metavar="MODEL",
+    help="A model folder or STORE#MODEL-ID; repeat to compare models side by side.",
+)
+@click.option(
+    "--metrics",
+    default=None,
+    help="Comma-separated subset of: npmi, cv, td, irbo, purity, inverse_purity, "
+    "harmonic_purity, nmi, ari, p@1, p@5, p@10.  [default: all the inputs allow]",
+)
+@click.option(
+    "--reference",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="JSONL corpus whose texts are the coherence reference.  [default: the store's documents]",
+)
+@click.option(
+    "--top-words", default=10, show_default=True, type=click.IntRange(min=2), help="Words per topic for coherence."
+)
+@click.option(
+    "--divergence",
+    type=click.Choice(["kl", "js"]),
+    default="kl",
+    show_default=True,
+    help="How retrieval ranks documents by their θ.",
+)
+@click.option(
+    "--balanced",
+    default=None,
+    type=click.IntRange(min=2),
+    help="Measure retrieval on a label-balanced subset of N documents.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["json", "table"]),
+    default="json",
+    show_default=True,
+    help="json: one object per model on stdout (a table on stderr); table: the table on stdout.",
+)
+@quiet_option
+def eval_command(
+    store_path: str,
+    model_specs: tuple[str, ...],
+    metrics: str | None,
+    reference: str | None,
+    top_words: int,
+    divergence: str,
+    balanced: int | None,
+    fmt: str,
+) -> None:
+    """Measure topic models: coherence (gensim), diversity, clustering and retrieval against labels."""
+    from st import evaluate as ev
+    from st import train as train_mod
+    from st.store import Store
+
+    wanted = ev.parse_metrics(metrics)
+    store = Store(store_path)
+    recs = [records.parse_object(str(r), str(store.path), i) for i, r in enumerate(store.array("records"))]
+    field = store.attrs.get("text_field", "text")
+    labels = [r.get("label") for r in recs]
+    has_labels = all(lab is not None for lab in labels)
+    if not has_labels and any(m in ev.LABEL_METRICS for m in wanted):
+        console.info("note: not every document has a label; purity, NMI, ARI and P@k are left out")
+        wanted = [m for m in wanted if m not in ev.LABEL_METRICS]
+    texts = None
+    if {"npmi", "cv"} & set(wanted):
+        source = reference or None
+        if source is None:
+            texts = [vocab_mod.tokenize(str(r.get(field, ""))) for r in recs]
+        else:
+            texts = [vocab_mod.tokenize(d.text) for d in records.read_documents(source) if d.text]
+    gold = np.asarray([str(lab) for lab in labels]) if has_labels else None
+    results = []
+    for spec in model_specs:
+        model, _ = train_mod.load(spec)
+        key = f"theta/{model.id}"
+        if key not in store:
+            raise InputError(
+                f"the store has no θ for model {model.id}; run `st train` or `st infer` on it first", store_path
+            )
+        theta = np.asarray(store.group[key][: store.rows], dtype=np.float64)
+        topics = [t["words"] for t in model.topics(max(top_words, 25))]
+        row: dict[str, Any] = {"model": model.id, "k": int(theta.shape[1]), "documents": int(store.rows)}
+        with console.progress(f"st eval {model.id}", total=len(wanted), unit="metrics") as bar:
+            for m in wanted:
+                row[m] = _metric(ev, m, topics, texts, theta, gold, top_words, divergence, balanced, row)
+                bar.advance()
+        results.append(row)
+    _eval_output(results, fmt)
+
+
+def _metric(
+    ev: Any,
+    m: str,
+    topics: list[list[str]],
+    texts: Any,
+    theta: Any,
+    gold: Any,
+    top_words: int,
+    divergence: str,
+    balanced: int | None,
+    row: dict[str, Any],
+) -> float:
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    if m in ("npmi", "cv"):
+        return round(ev.coherence(topics, texts, "c_npmi" if m == "npmi" else "c_v", top_words), 6)
+    if m == "td":
+        return round(ev.topic_diversity(topics, 25), 6)
+    if m == "irbo":
+        return round(ev.inverted_rbo(topics, top_words), 6)
+    pred = theta.argmax(axis=1)
+    scores = {
+        "purity": ev.purity,
+        "inverse_purity": ev.inverse_purity,
+        "harmonic_purity": ev.harmonic_purity,
+        "nmi": lambda p, g: normalized_mutual_info_score(g, p),
+        "ari": lambda p, g: adjusted_rand_score(g, p),
+    }
+    if m in scores:
+        return round(float(scores[m](pred, gold)), 6)
+    if "_p@k" not in row:
+        rows = ev.balanced_subset(gold, balanced) if balanced else np.arange(len(theta))
+        row["_p@k"] = ev.precision_at(theta[rows], gold[rows], (1, 5, 10), divergence)
+    return round(row["_p@k"][int(m[2:])], 6)
+
+
+def _eval_output(results: list[dict[str, Any]], fmt: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    for r in results:
+        r.pop("_p@k", None)
+    out = click.get_binary_stream("stdout")
+    columns = [c for c in results[0] if c not in ("model",)]
+    table = Table(title="st eval")
+    table.add_column("model")
+    for c in columns:
+        table.add_column(c, justify="right")
+    for r in results:
+        table.add_row(r["model"], *[f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in columns])
+    if fmt == "table":
+        Console(file=sys.stdout, width=200).print(table)
+        return
+    for r in results:
+        out.write(records.dumps(r) + b"\n")
+    out.flush()
+    if not console._state["quiet"]:
+        console.err.print(table)
 
 
 @cli.command()

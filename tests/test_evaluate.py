@@ -1,0 +1,101 @@
+"""Metrics on hand-checked cases and against independent computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics.cluster import contingency_matrix
+
+from st import evaluate as ev
+from st.errors import InputError
+
+
+def naive_kl_ranking(theta: np.ndarray, i: int) -> list[int]:
+    """The common implementation: a vector of KL to all others, then a stable argsort."""
+    p = theta[i]
+    d = np.array([np.sum(p * (np.log(p) - np.log(q))) if j != i else np.inf for j, q in enumerate(theta)])
+    return [int(j) for j in np.argsort(d, kind="stable") if j != i]
+
+
+def naive_js(p: np.ndarray, q: np.ndarray) -> float:
+    m = (p + q) / 2
+    return 0.5 * np.sum(p * np.log(p / m)) + 0.5 * np.sum(q * np.log(q / m))
+
+
+def test_precision_at_k_equals_a_naive_double_loop():
+    rng = np.random.default_rng(0)
+    theta = rng.dirichlet(np.ones(6) * 0.5, size=60)
+    labels = rng.integers(0, 4, size=60)
+    expected = {}
+    for k in (1, 5, 10):
+        expected[k] = np.mean([np.mean(labels[naive_kl_ranking(theta, i)[:k]] == labels[i]) for i in range(60)])
+    got = ev.precision_at(theta, labels, (1, 5, 10))
+    assert got == pytest.approx(expected, abs=1e-12)
+    for i in (0, 17, 59):
+        assert ev.nearest(theta, np.array([i]), 59, block=7)[0].tolist() == naive_kl_ranking(theta, i)
+
+
+def test_js_ranking_equals_naive():
+    rng = np.random.default_rng(1)
+    theta = rng.dirichlet(np.ones(5), size=30)
+    for i in (0, 12):
+        d = [naive_js(theta[i], theta[j]) if j != i else np.inf for j in range(30)]
+        expected = [int(j) for j in np.argsort(d, kind="stable")[:8]]
+        assert ev.nearest(theta, np.array([i]), 8, divergence="js").tolist()[0] == expected
+
+
+def test_clustering_scores_equal_scikit_learn_and_hand_checked_cases():
+    rng = np.random.default_rng(2)
+    pred, gold = rng.integers(0, 7, 500), rng.integers(0, 5, 500)
+    table = contingency_matrix(gold, pred)
+    assert ev.purity(pred, gold) == pytest.approx(table.max(axis=0).sum() / 500)
+    assert ev.inverse_purity(pred, gold) == pytest.approx(table.max(axis=1).sum() / 500)
+    separated = np.array([0, 0, 1, 1])
+    assert ev.purity(separated, np.array(["a", "a", "b", "b"])) == 1.0
+    assert ev.harmonic_purity(np.zeros(4, int), np.array(["a", "a", "b", "b"])) == pytest.approx(2 * 0.5 / 1.5)
+
+
+def test_diversity_and_rbo():
+    same = [["a", "b", "c"]] * 4
+    assert ev.topic_diversity(same, topn=3) == pytest.approx(1 / 4)
+    assert ev.topic_diversity([["a", "b"], ["c", "d"]], topn=2) == 1.0
+    assert ev.rbo(["a", "b", "c"], ["a", "b", "c"]) == pytest.approx(1.0)
+    assert ev.rbo(["a", "b", "c"], ["d", "e", "f"]) == 0.0
+    assert ev.inverted_rbo(same) == pytest.approx(0.0)
+    # Hand-computed: one shared word at depth 1 only, p = 0.9, k = 2.
+    x1, x2 = 1, 1
+    expected = x2 / 2 * 0.9**2 + (0.1 / 0.9) * (x1 / 1 * 0.9 + x2 / 2 * 0.9**2)
+    assert ev.rbo(["a", "b"], ["a", "c"]) == pytest.approx(expected)
+
+
+def test_coherence_is_gensims():
+    from gensim.corpora import Dictionary
+    from gensim.models.coherencemodel import CoherenceModel
+
+    texts = [
+        ["apple", "banana", "fruit"],
+        ["apple", "fruit", "juice"],
+        ["car", "engine", "wheel"],
+        ["car", "wheel", "road"],
+        ["banana", "juice", "fruit"],
+        ["engine", "road", "car"],
+    ] * 3
+    topics = [["apple", "fruit", "banana", "juice"], ["car", "engine", "wheel", "road"]]
+    d = Dictionary(texts)
+    for measure in ("c_npmi", "c_v"):
+        ref = CoherenceModel(topics=topics, texts=texts, dictionary=d, coherence=measure, topn=4).get_coherence()
+        assert ev.coherence(topics, texts, measure, topn=4) == pytest.approx(ref, abs=1e-6)
+    assert ev.coherence([["apple", "zzz", "fruit"]], texts, "c_npmi", topn=3) == pytest.approx(
+        CoherenceModel(
+            topics=[["apple", "fruit"]], texts=texts, dictionary=d, coherence="c_npmi", topn=2
+        ).get_coherence()
+    )
+
+
+def test_metric_names_and_balanced_subsets():
+    assert ev.parse_metrics("npmi, P@10") == ["npmi", "p@10"]
+    with pytest.raises(InputError, match="valid: npmi, cv"):
+        ev.parse_metrics("npmi,bogus")
+    labels = np.array(["a"] * 10 + ["b"] * 3 + ["c"] * 5)
+    sub = ev.balanced_subset(labels, 9)
+    assert sorted(np.unique(labels[sub], return_counts=True)[1].tolist()) == [3, 3, 3]
