@@ -13,6 +13,7 @@ import pytest
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples" / "stackoverflow-200.jsonl"
 
 
 @pytest.fixture(scope="session")
@@ -112,3 +113,33 @@ def st_exe() -> str:
     found = shutil.which("st")
     assert found, "the st command is not installed (pip install -e .)"
     return found
+
+
+@pytest.fixture
+def store(tiny_model, cache_dir, tmp_path) -> tuple[Path, str]:
+    """A soft-label store of the 200 example titles, encoded by the tiny model."""
+    from click.testing import CliRunner
+
+    from st.cli import cli
+
+    path = tmp_path / "ex.zarr"
+    r = CliRunner().invoke(
+        cli,
+        [
+            "softlabel",
+            str(EXAMPLES),
+            "-o",
+            str(path),
+            "--model",
+            str(tiny_model),
+            "--cache-dir",
+            str(cache_dir),
+            "--dtype",
+            "float32",
+            "--vocab-size",
+            "300",
+            "-q",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    return path, r.stdout

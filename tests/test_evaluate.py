@@ -99,3 +99,85 @@ def test_metric_names_and_balanced_subsets():
     labels = np.array(["a"] * 10 + ["b"] * 3 + ["c"] * 5)
     sub = ev.balanced_subset(labels, 9)
     assert sorted(np.unique(labels[sub], return_counts=True)[1].tolist()) == [3, 3, 3]
+
+
+def test_eval_command(store, tmp_path, cache_dir):
+    import orjson
+    from click.testing import CliRunner
+
+    from st.cli import cli
+
+    path, _ = store
+    runner = CliRunner()
+    for k in ("3", "4"):
+        r = runner.invoke(cli, ["train", "-q", "-k", k, "--store", str(path), "--epochs", "2", "-o", str(tmp_path / k)])
+        assert r.exit_code == 0, r.output
+    r = runner.invoke(
+        cli,
+        [
+            "eval",
+            "-q",
+            "--store",
+            str(path),
+            "-m",
+            str(tmp_path / "3"),
+            "-m",
+            str(tmp_path / "4"),
+            "--metrics",
+            "npmi,cv,td,irbo,purity,nmi,ari,p@1,p@10",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    rows = [orjson.loads(x) for x in r.stdout_bytes.splitlines()]
+    assert [row["k"] for row in rows] == [3, 4] and all(row["documents"] == 200 for row in rows)
+    for row in rows:
+        assert -1 <= row["npmi"] <= 1 and 0 < row["td"] <= 1 and 0 <= row["p@1"] <= 1
+        assert set(row) == {
+            "model",
+            "k",
+            "documents",
+            "npmi",
+            "cv",
+            "td",
+            "irbo",
+            "purity",
+            "nmi",
+            "ari",
+            "p@1",
+            "p@10",
+        }
+    r = runner.invoke(
+        cli, ["eval", "--store", str(path), "-m", str(tmp_path / "3"), "--metrics", "td", "--format", "table"]
+    )
+    assert r.exit_code == 0 and "st eval" in r.stdout and "td" in r.stdout
+    r = runner.invoke(cli, ["eval", "--store", str(path), "-m", str(tmp_path / "3"), "--metrics", "purity,bogus"])
+    assert r.exit_code == 2 and "valid: npmi" in r.output
+
+
+def test_eval_without_labels_or_theta(tiny_model, cache_dir, tmp_path):
+    import orjson
+    from click.testing import CliRunner
+
+    from st.cli import cli
+
+    src = tmp_path / "d.jsonl"
+    words = "apache server linux windows oracle database query table java spring".split()
+    src.write_bytes(b"".join(orjson.dumps({"text": " ".join(words[i % 10 : i % 10 + 3])}) + b"\n" for i in range(30)))
+    runner = CliRunner()
+    store = tmp_path / "s.zarr"
+    args = ["--model", str(tiny_model), "--cache-dir", str(cache_dir), "-q"]
+    assert runner.invoke(cli, ["softlabel", str(src), "-o", str(store), *args]).exit_code == 0
+    assert (
+        runner.invoke(
+            cli, ["train", "-q", "-k", "2", "--store", str(store), "--epochs", "1", "-o", str(tmp_path / "m")]
+        ).exit_code
+        == 0
+    )
+    r = runner.invoke(cli, ["eval", "--store", str(store), "-m", str(tmp_path / "m"), "--metrics", "td,purity,p@5"])
+    assert r.exit_code == 0, r.output
+    assert orjson.loads(r.stdout_bytes.splitlines()[0]).keys() == {"model", "k", "documents", "td"}
+    assert "purity, NMI, ARI and P@k are left out" in r.stderr
+    other = tmp_path / "other.zarr"
+    assert runner.invoke(cli, ["softlabel", str(src), "-o", str(other), *args]).exit_code == 0
+    r = runner.invoke(cli, ["eval", "--store", str(other), "-m", str(tmp_path / "m")])
+    assert r.exit_code == 2 and "train the model on this store first" in r.output

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import orjson
@@ -16,34 +15,7 @@ from st.cli import cli
 from st.models import ProdLDA, ProdLDAConfig, reconstruction_loss
 from st.store import Store
 from st.train import TrainOptions, load, soft_label, train
-from tests.conftest import read_jsonl, st_env, st_exe
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "stackoverflow-200.jsonl"
-
-
-@pytest.fixture
-def store(tiny_model, cache_dir, tmp_path) -> tuple[Path, str]:
-    path = tmp_path / "ex.zarr"
-    r = CliRunner().invoke(
-        cli,
-        [
-            "softlabel",
-            str(EXAMPLES),
-            "-o",
-            str(path),
-            "--model",
-            str(tiny_model),
-            "--cache-dir",
-            str(cache_dir),
-            "--dtype",
-            "float32",
-            "--vocab-size",
-            "300",
-            "-q",
-        ],
-    )
-    assert r.exit_code == 0, r.output
-    return path, r.stdout
+from tests.conftest import EXAMPLES, read_jsonl, st_env, st_exe
 
 
 def run_train(*args: str, input: str | None = None):
