@@ -719,7 +719,8 @@ def eval_command(
         key = f"theta/{model.id}"
         if key not in store:
             raise InputError(
-                f"the store has no θ for model {model.id}; train the model on this store first (`st train --store`)", store_path
+                f"the store has no θ for model {model.id}; train the model on this store first (`st train --store`)",
+                store_path,
             )
         theta = np.asarray(store.group[key][: store.rows], dtype=np.float64)
         topics = [t["words"] for t in model.topics(max(top_words, 25))]
