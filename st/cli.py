@@ -794,6 +794,119 @@ def _eval_output(results: list[dict[str, Any]], fmt: str) -> None:
 
 
 @cli.command()
+@click.argument("query", required=False)
+@click.option("-m", "--model", "model_spec", required=True, metavar="MODEL", help="A model folder or STORE#MODEL-ID.")
+@click.option("--store", "store_path", required=True, type=click.Path(file_okay=False), help="The store to search.")
+@click.option("--like", default=None, metavar="ID", help="Find documents like this stored one (by id).")
+@click.option("--topic", default=None, type=click.IntRange(min=0), help="Find the documents most about this topic.")
+@click.option("-n", "--hits", "n", default=10, show_default=True, type=click.IntRange(min=1), help="Number of hits.")
+@click.option(
+    "--divergence",
+    type=click.Choice(["kl", "js"]),
+    default="kl",
+    show_default=True,
+    help="How documents are ranked by their θ.",
+)
+@click.option(
+    "--snippet",
+    default=200,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Truncate the text of each hit to this many characters (0: whole text).",
+)
+@click.option("--lm", default=None, metavar="LM", help="Where the model's LM is, if not where it was at training.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option(
+    "--cache-dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="LM cache and converted models.  [default: $ST_CACHE_DIR or ~/.cache/st]",
+)
+@quiet_option
+def search(
+    query: str | None,
+    model_spec: str,
+    store_path: str,
+    like: str | None,
+    topic: int | None,
+    n: int,
+    divergence: str,
+    snippet: int,
+    lm: str | None,
+    device: str,
+    cache_dir: str | None,
+) -> None:
+    """Topic-guided retrieval: the stored documents whose θ is closest to a query's.
+
+    QUERY is free text (encoded through the model's LM, prompt and the shared cache); or --like ID
+    for documents like a stored one; or --topic K for the documents most about topic K. Prints
+    JSONL hits, best first: id, score (the divergence, or θ_K with --topic), topic, text, and the
+    document's other fields.
+    """
+    from st import search as search_mod
+    from st import train as train_mod
+    from st.store import Store
+
+    if sum(x is not None for x in (query, like, topic)) != 1:
+        raise click.UsageError("give exactly one of QUERY, --like ID or --topic K")
+    model, _ = train_mod.load(model_spec)
+    store = Store(store_path)
+    key = f"theta/{model.id}"
+    if key not in store:
+        raise InputError(f"the store has no θ for model {model.id}; train the model on this store first", store_path)
+    theta = np.asarray(store.group[key][: store.rows], dtype=np.float64)
+    if topic is not None:
+        if topic >= theta.shape[1]:
+            raise click.BadParameter(f"the model has topics 0 to {theta.shape[1] - 1}", param_hint="--topic")
+        idx, scores = search_mod.rank_topic(theta, topic, n)
+    elif like is not None:
+        ids = store.ids()
+        if like not in ids:
+            raise InputError(f"no document with id {like!r}", store_path)
+        row = ids.index(like)
+        idx, scores = search_mod.rank(theta, theta[row], n, divergence, exclude=row)
+    else:
+        q = _query_theta(model, str(query), lm, device, cache_dir)
+        idx, scores = search_mod.rank(theta, q, n, divergence)
+    field = store.attrs.get("text_field", "text")
+    stored = store.group["records"]
+    out = click.get_binary_stream("stdout")
+    ids = store.ids()
+    for j, score in zip(idx.tolist(), scores.tolist(), strict=True):
+        rec = records.parse_object(str(stored[j]), str(store.path), j)
+        text = str(rec.get(field, ""))
+        hit = {
+            "id": ids[j],
+            "score": round(float(score), 6),
+            "topic": int(theta[j].argmax()),
+            "text": text[:snippet] if snippet else text,
+        }
+        hit.update({k: v for k, v in rec.items() if k not in hit and k != field})
+        out.write(records.dumps(hit) + b"\n")
+    out.flush()
+
+
+def _query_theta(model: Any, text: str, lm: str | None, device: str, cache_dir: str | None) -> Any:
+    from st.cache import Cache
+    from st.infer import check_lm
+    from st.prompt import Prompt
+
+    source = model.config.get("input_source") or model.config
+    if model.config["training"]["input"] == "bow":
+        return model.theta(vocab_mod.bag_of_words([text], model.vocab).toarray().astype(np.float32))[0]
+    identity = source.get("lm") or {}
+    name = lm or identity.get("model")
+    if isinstance(name, str) and name.startswith("embedded:"):
+        name = None
+    folder = _cache_dir(cache_dir)
+    loaded = _load_lm(name, device, identity.get("dtype", "auto"), folder, False)
+    check_lm(model, loaded, "the LM")
+    prompt = Prompt(**source["prompt"]) if source.get("prompt") else Prompt()
+    hidden, _ = loaded.encode([text], prompt, int(source.get("max_tokens") or 512), Cache(folder))
+    return model.theta(hidden)[0]
+
+
+@cli.command()
 @click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
 def completion(shell: str) -> None:
     """Print the shell completion script for SHELL (see the README to enable it)."""
