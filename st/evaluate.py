@@ -120,51 +120,58 @@ def harmonic_purity(pred: np.ndarray, gold: np.ndarray) -> float:
 # --- retrieval ------------------------------------------------------------------------------------
 
 
-def nearest(theta: np.ndarray, queries: np.ndarray, k: int, divergence: str = "kl", block: int = 256) -> np.ndarray:
+def nearest(theta: np.ndarray, queries: np.ndarray, k: int, divergence: str = "kl", block: int = 1024) -> np.ndarray:
     """For each query row i of θ, the indices of the k documents j ≠ i with the smallest
-    divergence D(θ_i ‖ θ_j), best first (ties: lower index first). Blocked: O(block · N) memory."""
+    divergence D(θ_i ‖ θ_j), best first (ties: lower index first). Blocked: O(block · N) memory.
+
+    KL(p ‖ q) = Σ p log p − p · log q is one matrix product per block, done in float32 to find
+    candidates (the best 2k + 8), which are then scored again in float64: the ranking is that of
+    an exact computation at a fraction of its cost."""
     theta = np.asarray(theta, dtype=np.float64)
     log_theta = np.log(np.clip(theta, EPS, None))
     n = len(theta)
     k = min(k, n - 1)
     out = np.empty((len(queries), k), dtype=np.int64)
     neg_entropy = (theta * log_theta).sum(axis=1)
-    if divergence == "js":
+    if divergence == "kl":
+        import torch  # its matrix product and top-k are multi-threaded; numpy's argpartition is not
+
+        theta32 = torch.from_numpy(theta.astype(np.float32))
+        log_t32 = torch.from_numpy(np.ascontiguousarray(log_theta.T, dtype=np.float32))
+        ne32 = torch.from_numpy(neg_entropy.astype(np.float32))
+        c = min(n, 2 * k + 8)
+    elif divergence == "js":
         block = max(1, min(block, int(2**26 // max(1, n * theta.shape[1]))))
+    else:
+        raise InputError(f"unknown divergence {divergence!r}; use kl or js")
     for start in range(0, len(queries), block):
         rows = queries[start : start + block]
         if divergence == "kl":
-            # KL(p ‖ q) = Σ p log p − p · log q: one matrix product per block.
-            d = neg_entropy[rows, None] - theta[rows] @ log_theta.T
-        elif divergence == "js":
+            t_rows = torch.from_numpy(rows)
+            rough = ne32[t_rows, None] - theta32[t_rows] @ log_t32
+            rough[torch.arange(len(rows)), t_rows] = float("inf")
+            cand = torch.topk(rough, c, dim=1, largest=False, sorted=False).indices.numpy()
+            d = neg_entropy[rows, None] - np.einsum("bk,bck->bc", theta[rows], log_theta[cand])
+            d[cand == rows[:, None]] = np.inf
+        else:
             p = theta[rows][:, None, :]
             m = 0.5 * (p + theta[None, :, :])
             log_m = np.log(np.clip(m, EPS, None))
             d = 0.5 * (neg_entropy[rows, None] - (p * log_m).sum(-1)) + 0.5 * (
                 neg_entropy[None, :] - (theta[None, :, :] * log_m).sum(-1)
             )
-        else:
-            raise InputError(f"unknown divergence {divergence!r}; use kl or js")
-        d[np.arange(len(rows)), rows] = np.inf
-        part = np.argpartition(d, k - 1, axis=1)[:, :k] if k < n - 1 else np.tile(np.arange(n), (len(rows), 1))
-        part_d = np.take_along_axis(d, part, axis=1)
-        order = np.lexsort((part, part_d), axis=1)
-        best = np.take_along_axis(part, order, axis=1)
-        out[start : start + len(rows)] = best[:, :k] if k < n - 1 else best[:, : n - 1]
+            d[np.arange(len(rows)), rows] = np.inf
+            cand = np.tile(np.arange(n), (len(rows), 1))
+        order = np.lexsort((cand, d), axis=1)[:, :k]
+        out[start : start + len(rows)] = np.take_along_axis(cand, order, axis=1)
     return out
 
 
 def precision_at(theta: np.ndarray, labels: np.ndarray, ks: Sequence[int], divergence: str = "kl") -> dict[int, float]:
     """Mean over documents of the share of its k nearest others (by divergence of θ) with its label."""
-    kmax = max(ks)
-    hits = np.zeros(len(ks))
     queries = np.arange(len(theta))
-    for start in range(0, len(theta), 4096):
-        q = queries[start : start + 4096]
-        same = labels[nearest(theta, q, kmax, divergence)] == labels[q, None]
-        for i, k in enumerate(ks):
-            hits[i] += same[:, :k].mean(axis=1).sum()
-    return {k: float(hits[i] / len(theta)) for i, k in enumerate(ks)}
+    same = labels[nearest(theta, queries, max(ks), divergence)] == labels[queries, None]
+    return {k: float(same[:, :k].mean(axis=1).mean()) for k in ks}
 
 
 def balanced_subset(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
