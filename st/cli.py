@@ -680,6 +680,16 @@ def infer(
     show_default=True,
     help="json: one object per model on stdout (a table on stderr); table: the table on stdout.",
 )
+@click.option("--llm-rating", is_flag=True, help="Also rate each topic's coherence (1-3) with an instruction-tuned LM.")
+@click.option(
+    "--rater", default=None, metavar="MODEL", help="The rating LM.  [default: the embedded SmolLM2-135M-Instruct]"
+)
+@click.option(
+    "--cache-dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="LM cache and converted models.  [default: $ST_CACHE_DIR or ~/.cache/st]",
+)
 @quiet_option
 def eval_command(
     store_path: str,
@@ -690,6 +700,9 @@ def eval_command(
     divergence: str,
     balanced: int | None,
     fmt: str,
+    llm_rating: bool,
+    rater: str | None,
+    cache_dir: str | None,
 ) -> None:
     """Measure topic models: coherence (gensim), diversity, clustering and retrieval against labels."""
     from st import evaluate as ev
@@ -714,6 +727,7 @@ def eval_command(
             texts = [vocab_mod.tokenize(d.text) for d in records.read_documents(source) if d.text]
     gold = np.asarray([str(lab) for lab in labels]) if has_labels else None
     results = []
+    rating_lm = None
     for spec in model_specs:
         model, _ = train_mod.load(spec)
         key = f"theta/{model.id}"
@@ -729,6 +743,13 @@ def eval_command(
             for m in wanted:
                 row[m] = _metric(ev, m, topics, texts, theta, gold, top_words, divergence, balanced, row)
                 bar.advance()
+        if llm_rating:
+            from st.cache import Cache
+
+            if rating_lm is None:
+                rating_lm = _load_lm(rater, "auto", "auto", _cache_dir(cache_dir), False)
+            ratings = ev.llm_rating(topics, rating_lm, Cache(_cache_dir(cache_dir)), top_words)
+            row["llm_rating"] = round(float(np.mean(ratings)), 6)
         results.append(row)
     _eval_output(results, fmt)
 

@@ -187,3 +187,32 @@ def balanced_subset(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
                 picked.append(int(p[depth]))
         depth += 1
     return np.sort(np.asarray(picked, dtype=np.int64))
+
+
+RATING_QUESTION = (
+    "Here are the top words of a topic found in a collection of documents: {words}.\n"
+    "How related are these words to each other? Answer with one number: 1 (not related), "
+    "2 (somewhat related) or 3 (very related)."
+)
+
+
+def llm_rating(topics: Sequence[Sequence[str]], lm, cache, topn: int = 10) -> list[float]:  # noqa: ANN001
+    """Each topic's rating by an instruction-tuned LM: the expected value of its next-token
+    distribution over "1", "2" and "3", asked through the shared backend (and its cache)."""
+    from st.prompt import Prompt
+
+    tok = lm.tokenizer
+    questions = [RATING_QUESTION.format(words=", ".join(t[:topn])) for t in topics]
+    if getattr(tok, "chat_template", None):
+        texts = [
+            tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+            for q in questions
+        ]
+    else:
+        texts = [q + "\nAnswer:" for q in questions]
+    digits = np.asarray([tok.encode(d, add_special_tokens=False)[-1] for d in "123"])
+    _, logits = lm.encode(texts, Prompt(template="{document}", instruction=""), 4096, cache, vocab_token_ids=digits)
+    z = logits.astype(np.float64)
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    return (p @ np.array([1.0, 2.0, 3.0])).tolist()

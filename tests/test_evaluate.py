@@ -181,3 +181,29 @@ def test_eval_without_labels_or_theta(tiny_model, cache_dir, tmp_path):
     assert runner.invoke(cli, ["softlabel", str(src), "-o", str(other), *args]).exit_code == 0
     r = runner.invoke(cli, ["eval", "--store", str(other), "-m", str(tmp_path / "m")])
     assert r.exit_code == 2 and "train the model on this store first" in r.output
+
+
+def test_llm_rating_equals_transformers_called_directly(tiny_model, cache_dir):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from st.cache import Cache
+    from st.lm import LM
+
+    topics = [["apache", "server", "config", "module"], ["excel", "cell", "formula", "sheet"]]
+    lm = LM(str(tiny_model), device="cpu", dtype="float32", cache_dir=cache_dir)
+    got = ev.llm_rating(topics, lm, Cache(cache_dir), topn=4)
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    digits = [tok.encode(d, add_special_tokens=False)[-1] for d in "123"]
+    for topic, rating in zip(topics, got, strict=True):
+        question = ev.RATING_QUESTION.format(words=", ".join(topic))
+        text = tok.apply_chat_template(
+            [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
+        )
+        with torch.no_grad():
+            logits = model(**tok(text, return_tensors="pt")).logits[0, -1, digits]
+        expected = float(
+            (torch.softmax(logits.double(), -1) * torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)).sum()
+        )
+        assert rating == pytest.approx(expected, abs=1e-5) and 1 <= rating <= 3
