@@ -171,7 +171,7 @@ def retrieval_rates(n: int = 20_000, k: int = 50, stored: int = 1_000_000) -> di
     """P@10 over n documents: st eval's blocked KL against the common per-document loop; and one
     `st search` query over `stored` documents."""
     from st.evaluate import precision_at
-    from st.search import rank
+    from st.search import log_theta, rank
 
     rng = np.random.default_rng(0)
     theta = rng.dirichlet(np.full(k, 0.1), size=n)
@@ -180,19 +180,20 @@ def retrieval_rates(n: int = 20_000, k: int = 50, stored: int = 1_000_000) -> di
     fast = precision_at(theta, labels, (10,))[10]
     blocked = time.perf_counter() - t
     t = time.perf_counter()
-    log_theta = np.log(np.clip(theta, 1e-12, None))
+    log_th = np.log(np.clip(theta, 1e-12, None))
     hits = 0.0
     for i in range(n):  # the common implementation: a KL vector per document, then argsort
-        d = (theta[i] * (log_theta[i] - log_theta)).sum(axis=1)
+        d = (theta[i] * (log_th[i] - log_th)).sum(axis=1)
         d[i] = np.inf
         hits += (labels[np.argsort(d, kind="stable")[:10]] == labels[i]).mean()
     naive = time.perf_counter() - t
     assert abs(hits / n - fast) < 1e-9, "the blocked and naive P@10 differ"
     big = rng.dirichlet(np.full(k, 0.1), size=stored).astype(np.float32)
-    rank(big, big[0], 10)
+    log_big = log_theta(big)  # stored beside θ by st train
+    rank(big, big[0], 10, log_t=log_big)
     t = time.perf_counter()
     for i in range(5):
-        rank(big, big[i], 10)
+        rank(big, big[i], 10, log_t=log_big)
     return {
         "blocked_s": blocked,
         "naive_s": naive,

@@ -875,7 +875,9 @@ def search(
     key = f"theta/{model.id}"
     if key not in store:
         raise InputError(f"the store has no θ for model {model.id}; train the model on this store first", store_path)
-    theta = np.asarray(store.group[key][: store.rows], dtype=np.float64)
+    theta = np.asarray(store.group[key][: store.rows], dtype=np.float32)
+    log_key = f"log_theta/{model.id}"
+    log_t = np.asarray(store.group[log_key][: store.rows]) if log_key in store else None
     if topic is not None:
         if topic >= theta.shape[1]:
             raise click.BadParameter(f"the model has topics 0 to {theta.shape[1] - 1}", param_hint="--topic")
@@ -885,10 +887,10 @@ def search(
         if like not in ids:
             raise InputError(f"no document with id {like!r}", store_path)
         row = ids.index(like)
-        idx, scores = search_mod.rank(theta, theta[row], n, divergence, exclude=row)
+        idx, scores = search_mod.rank(theta, theta[row], n, divergence, exclude=row, log_t=log_t)
     else:
         q = _query_theta(model, str(query), lm, device, cache_dir)
-        idx, scores = search_mod.rank(theta, q, n, divergence)
+        idx, scores = search_mod.rank(theta, q, n, divergence, log_t=log_t)
     field = store.attrs.get("text_field", "text")
     stored = store.group["records"]
     out = click.get_binary_stream("stdout")

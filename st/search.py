@@ -8,13 +8,24 @@ import numpy as np
 from st.evaluate import EPS
 
 
+def log_theta(theta: np.ndarray) -> np.ndarray:
+    return np.log(np.clip(theta, EPS, None)).astype(np.float32)
+
+
 def rank(
-    theta: np.ndarray, query: np.ndarray, n: int, divergence: str = "kl", exclude: int | None = None
+    theta: np.ndarray,
+    query: np.ndarray,
+    n: int,
+    divergence: str = "kl",
+    exclude: int | None = None,
+    log_t: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The n rows j with the smallest D(query ‖ θ_j), best first, and their divergences."""
+    """The n rows j with the smallest D(query ‖ θ_j), best first, and their divergences.
+    With the stored log θ (`log_t`), KL is one matrix-vector product."""
     q = np.clip(query.astype(np.float64), EPS, None)
     if divergence == "kl":
-        d = float((q * np.log(q)).sum()) - np.log(np.clip(theta, EPS, None)) @ q
+        lt = log_theta(theta) if log_t is None else log_t
+        d = float((q * np.log(q)).sum()) - (lt @ q.astype(lt.dtype)).astype(np.float64)
     else:
         m = 0.5 * (theta + q[None, :])
         log_m = np.log(np.clip(m, EPS, None))

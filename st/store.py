@@ -248,3 +248,8 @@ def write_theta(store: Store, model_id: str, theta: np.ndarray, attrs: dict[str,
     )
     arr[:] = theta
     arr.attrs.update(attrs)
+    # log θ too: a search query is then one matrix-vector product over it.
+    log = group.create_array(
+        f"log_theta/{model_id}", shape=theta.shape, dtype="float32", chunks=(CHUNK_ROWS, k), overwrite=True
+    )
+    log[:] = np.log(np.clip(theta, 1e-12, None)).astype(np.float32)
