@@ -296,6 +296,7 @@ def _encode_command(kind: str) -> Callable[..., None]:
                 words,
                 extra.get("unique_prefix", False),
                 kind,
+                records.source_name(input),
             )
         finally:
             cleanup()

@@ -40,9 +40,10 @@ def open_binary(path: str) -> IO[bytes]:
         raise InputError(f"cannot open: {e.strerror}", source_name(path)) from None
 
 
-def iter_lines(path: str) -> Iterator[tuple[int, str]]:
-    """Decoded lines with their 1-based numbers; a BOM and CRLF line ends are accepted."""
-    name = source_name(path)
+def iter_lines(path: str, name: str | None = None) -> Iterator[tuple[int, str]]:
+    """Decoded lines with their 1-based numbers; a BOM and CRLF line ends are accepted.
+    `name` is what error messages call the input (stdin spooled to a file is still <stdin>)."""
+    name = name or source_name(path)
     f = open_binary(path)
     try:
         for number, raw in enumerate(f, start=1):
@@ -76,12 +77,12 @@ def parse_object(line: str, name: str, number: int) -> dict[str, Any]:
 
 
 def read_documents(
-    path: str, text_field: str = "text", lines: bool = False, skip_empty: bool = True
+    path: str, text_field: str = "text", lines: bool = False, skip_empty: bool = True, name: str | None = None
 ) -> Iterator[Document]:
     """Validated documents, streamed. Empty documents are skipped with a warning by the caller's count."""
-    name = source_name(path)
+    name = name or source_name(path)
     seen: dict[str, int] = {}
-    for number, line in iter_lines(path):
+    for number, line in iter_lines(path, name):
         if lines:
             doc_id, text, record = str(number - 1), line, {"id": str(number - 1), "text": line}
         else:

@@ -77,7 +77,7 @@ def count_lines(path: str) -> int | None:
 
 
 def _documents(path: str, opts: Options, summary: Summary, name: str) -> Iterator[records.Document]:
-    for doc in records.read_documents(path, opts.text_field, opts.lines):
+    for doc in records.read_documents(path, opts.text_field, opts.lines, name=name):
         if not doc.text:
             summary.skipped_empty.append(doc.line)
             continue
@@ -118,11 +118,12 @@ def encode_corpus(
     words: list[str] | None = None,
     unique_prefix: bool = False,
     kind: str = "softlabel",
+    name: str | None = None,
 ) -> Summary:
     """Encode every document of `path` into the store at `output`; print the records to `out`.
     The LM is loaded once the first chunk of input has been read and checked, so that bad input
     fails at once. With `kind="softlabel"`, `words` is the vocabulary."""
-    name = records.source_name(path)
+    name = name or records.source_name(path)
     summary = Summary()
     writer: StoreWriter | HiddenWriter | None = None
     lm: LM | None = None
