@@ -147,3 +147,69 @@ def test_reliability_sigint_exits_130_without_traceback(tiny_model, tmp_path, ca
     assert proc.returncode == 130
     assert b"Traceback" not in err and b"interrupted" in err
     assert Store(tmp_path / "i.zarr", require_complete=False).rows >= 1024
+
+
+def test_reliability_two_runs_share_a_cache_at_once(tiny_model, tmp_path, cache_dir):
+    """Two st softlabel processes over overlapping documents and one cache both finish correctly."""
+    src = corpus(tmp_path, n=1200)
+    lines = src.read_bytes().splitlines(keepends=True)
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_bytes(b"".join(lines[:900]))
+    b.write_bytes(b"".join(lines[300:]))
+    common = [
+        "--model",
+        str(tiny_model),
+        "--dtype",
+        "float32",
+        "--batch-tokens",
+        "128",
+        "--cache-dir",
+        str(cache_dir),
+        "--vocab-size",
+        "50",
+        "-q",
+    ]
+    procs = [
+        subprocess.Popen(
+            [st_exe(), "softlabel", str(f), "-o", str(tmp_path / f"{f.stem}.zarr"), *common],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=st_env(cache_dir),
+        )
+        for f in (a, b)
+    ]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1] for o in outs]
+    # Each store equals that of a run alone on a fresh cache (same vocabulary, same hidden states).
+    for f in (a, b):
+        fresh = tmp_path / f"fresh-{f.stem}"
+        fresh.mkdir()
+        (fresh / "models").symlink_to(cache_dir / "models")
+        alone = subprocess.run(
+            [
+                st_exe(),
+                "softlabel",
+                str(f),
+                "-o",
+                str(tmp_path / f"alone-{f.stem}.zarr"),
+                *common[:-4],
+                str(fresh),
+                "--vocab-size",
+                "50",
+                "-q",
+            ],
+            capture_output=True,
+            env=st_env(fresh),
+        )
+        assert alone.returncode == 0, alone.stderr
+        s1, s2 = Store(tmp_path / f"{f.stem}.zarr"), Store(tmp_path / f"alone-{f.stem}.zarr")
+        import numpy as np
+
+        np.testing.assert_allclose(s1.array("hidden"), s2.array("hidden"), atol=1e-5)
+        np.testing.assert_allclose(s1.array("logits"), s2.array("logits"), atol=1e-4)
+        assert s1.ids() == s2.ids()
+    import sqlite3
+
+    db = sqlite3.connect(cache_dir / "lm-cache.sqlite")
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert db.execute("SELECT count(*) FROM entries").fetchone()[0] == 1200
