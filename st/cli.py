@@ -415,6 +415,19 @@ def _training_rows(input: str | None, store_path: str | None) -> tuple[Any, Any,
     help="Save the model in this folder.  [default: inside the store, as STORE#MODEL-ID]",
 )
 @click.option(
+    "--backbone",
+    type=click.Choice(["prodlda", "lda"]),
+    default="prodlda",
+    show_default=True,
+    help="prodlda: the VAE (DSL with the default target); lda: gensim's LdaModel on the bag of words.",
+)
+@click.option(
+    "--passes", default=10, show_default=True, type=click.IntRange(min=1), help="LDA: passes over the corpus."
+)
+@click.option(
+    "--iterations", default=100, show_default=True, type=click.IntRange(min=1), help="LDA: inference iterations."
+)
+@click.option(
     "--target",
     type=click.Choice(["softlabel", "bow"]),
     default="softlabel",
@@ -472,6 +485,9 @@ def train(
     k: int,
     store_path: str | None,
     output: str | None,
+    backbone: str,
+    passes: int,
+    iterations: int,
     target: str,
     input_kind: str,
     temperature: float | None,
@@ -503,6 +519,9 @@ def train(
     store, rows, recs = _training_rows(input, store_path)
     opts = train_mod.TrainOptions(
         k=k,
+        backbone=backbone,
+        passes=passes,
+        iterations=iterations,
         target=target,
         input=input_kind,
         temperature=temperature,
@@ -518,7 +537,7 @@ def train(
         seed=seed,
     )
     model, _ = train_mod.train(store, rows, opts)
-    theta = model.theta(train_mod.model_inputs(store, input_kind))
+    theta = model.theta(train_mod.model_inputs(store, model.config["training"]["input"]))
     write_theta(store, model.id, theta, {"model": model.id, "k": k})
     if output is not None:
         train_mod.save(model, Path(output), top_words)

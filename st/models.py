@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -102,3 +103,60 @@ def reconstruction_loss(log_recon: torch.Tensor, target: torch.Tensor, loss: str
         return ce
     entropy = -(target * torch.log(target.clamp_min(1e-30))).sum(-1)
     return ce - entropy
+
+
+class GensimLDA:
+    """The LDA baseline: gensim's LdaModel on the same vocabulary and bag of words. It is saved as
+    its sufficient statistics and priors (safetensors) and rebuilt from them: never pickled."""
+
+    def __init__(self, lda) -> None:  # noqa: ANN001 (gensim.models.LdaModel)
+        self.lda = lda
+
+    @staticmethod
+    def _empty(k: int, vocab_size: int, seed: int, passes: int, iterations: int, alpha, eta):  # noqa: ANN001, ANN205
+        from gensim.models import LdaModel
+
+        return LdaModel(
+            num_topics=k,
+            id2word={i: str(i) for i in range(vocab_size)},
+            passes=passes,
+            iterations=iterations,
+            random_state=seed,
+            alpha=alpha,
+            eta=eta,
+        )
+
+    @classmethod
+    def fit(cls, bow, k: int, passes: int, iterations: int, seed: int) -> GensimLDA:  # noqa: ANN001 (CSR matrix)
+        from gensim.matutils import Sparse2Corpus
+
+        lda = cls._empty(k, bow.shape[1], seed, passes, iterations, "symmetric", None)
+        lda.update(Sparse2Corpus(bow, documents_columns=False), passes=passes, iterations=iterations)
+        return cls(lda)
+
+    @classmethod
+    def from_state(cls, state: dict[str, torch.Tensor], seed: int, passes: int, iterations: int) -> GensimLDA:
+        sstats = state["sstats"].double().numpy()
+        k, v = sstats.shape
+        lda = cls._empty(k, v, seed, passes, iterations, state["alpha"].double().numpy(), state["eta"].double().numpy())
+        lda.state.sstats[...] = sstats
+        lda.sync_state()
+        return cls(lda)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {
+            "sstats": torch.from_numpy(np.ascontiguousarray(self.lda.state.sstats, dtype=np.float64)),
+            "alpha": torch.from_numpy(np.asarray(self.lda.alpha, dtype=np.float64)),
+            "eta": torch.from_numpy(np.asarray(self.lda.eta, dtype=np.float64)),
+        }
+
+    def topic_word(self) -> np.ndarray:
+        return np.asarray(self.lda.get_topics(), dtype=np.float64)
+
+    def theta(self, bow: np.ndarray, seed: int) -> np.ndarray:
+        from gensim.matutils import Dense2Corpus
+
+        # A fixed seed for the variational initialisation: the same documents get the same θ.
+        self.lda.random_state = np.random.RandomState(seed)
+        gamma, _ = self.lda.inference(list(Dense2Corpus(bow, documents_columns=False)))
+        return (gamma / gamma.sum(axis=1, keepdims=True)).astype(np.float32)

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from st import console
 from st.errors import InputError
-from st.models import ProdLDA, ProdLDAConfig, reconstruction_loss
+from st.models import GensimLDA, ProdLDA, ProdLDAConfig, reconstruction_loss
 from st.store import Store
 
 MODEL_FORMAT = "st-model"
@@ -33,6 +33,9 @@ MODEL_VERSION = 1
 @dataclass
 class TrainOptions:
     k: int = 50
+    backbone: str = "prodlda"  # prodlda | lda
+    passes: int = 10  # lda
+    iterations: int = 100  # lda
     target: str = "softlabel"  # softlabel | bow
     input: str = "hidden"  # hidden | bow
     temperature: float | None = None  # τ of the target; None: the store's
@@ -54,7 +57,7 @@ class TrainOptions:
 
 @dataclass
 class TopicModel:
-    model: ProdLDA
+    model: ProdLDA | GensimLDA
     config: dict[str, Any]
     vocab: list[str]
 
@@ -62,28 +65,36 @@ class TopicModel:
     def id(self) -> str:
         return str(self.config["id"])
 
+    def topic_word(self) -> np.ndarray:
+        """K x V: each topic's distribution over the vocabulary."""
+        if isinstance(self.model, GensimLDA):
+            return self.model.topic_word()
+        return torch.softmax(self.model.beta.detach().double(), dim=-1).numpy()
+
     def topics(self, top_words: int = 15) -> list[dict[str, Any]]:
-        beta = self.model.beta.detach().double()
-        weights = torch.softmax(beta, dim=-1)
+        weights = self.topic_word()
         out = []
-        for i in range(beta.shape[0]):
-            top = torch.argsort(beta[i], descending=True)[:top_words].tolist()
+        for i, row in enumerate(weights):
+            top = np.argsort(-row, kind="stable")[:top_words].tolist()
             out.append(
-                {
-                    "topic": i,
-                    "words": [self.vocab[j] for j in top],
-                    "weights": [round(float(weights[i, j]), 6) for j in top],
-                }
+                {"topic": i, "words": [self.vocab[j] for j in top], "weights": [round(float(row[j]), 6) for j in top]}
             )
         return out
 
     def theta(self, x: np.ndarray, batch: int = 4096) -> np.ndarray:
         training = self.config["training"]
+        if isinstance(self.model, GensimLDA):
+            return self.model.theta(x, training["seed"])
         parts = [
             self.model.theta(torch.from_numpy(x[i : i + batch]).float(), training["samples"], training["seed"]).numpy()
             for i in range(0, len(x), batch)
         ]
         return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, self.model.config.k), np.float32)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        if isinstance(self.model, GensimLDA):
+            return self.model.state()
+        return {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -137,6 +148,8 @@ def model_id(opts: TrainOptions, store: Store, rows: np.ndarray) -> str:
     name = {("softlabel", "hidden"): "dsl", ("bow", "bow"): "prodlda", ("bow", "hidden"): "ctm"}.get(
         (opts.target, opts.input), f"{opts.target}-{opts.input}"
     )
+    if opts.backbone == "lda":
+        name = "lda"
     spec = json.dumps([asdict(opts), store.attrs.get("vocab_fingerprint"), store.attrs.get("lm")], sort_keys=True)
     digest = hashlib.sha256(spec.encode() + rows.astype(np.int64).tobytes()).hexdigest()[:8]
     return f"{name}-k{opts.k}-{digest}"
@@ -146,6 +159,8 @@ def train(store: Store, rows: np.ndarray, opts: TrainOptions) -> tuple[TopicMode
     """Fit on the given store rows. Reproducible for a seed on one machine (CPU)."""
     if opts.k < 2:
         raise InputError("K must be at least 2 (-k)")
+    if opts.backbone == "lda":
+        return train_lda(store, rows, opts), []
     x_all = model_inputs(store, opts.input)
     y_all, tau = targets(store, opts)
     check_finite(store, opts.input, x_all)
@@ -209,6 +224,40 @@ def train(store: Store, rows: np.ndarray, opts: TrainOptions) -> tuple[TopicMode
     return TopicModel(model, full, store.vocab()), losses
 
 
+def train_lda(store: Store, rows: np.ndarray, opts: TrainOptions) -> TopicModel:
+    """gensim's LdaModel on the store's bag of words and vocabulary."""
+    if len(rows) < 2:
+        raise InputError("at least 2 documents are needed to train", str(store.path))
+    bow = store.bow()[rows]
+    if bow.nnz == 0:
+        raise InputError("no document holds a vocabulary word; LDA has nothing to learn from", str(store.path))
+    opts = TrainOptions(**{**asdict(opts), "target": "bow", "input": "bow"})
+    with console.err.status("st train: gensim LDA", spinner="dots") if not console._state["quiet"] else _Quiet():
+        lda = GensimLDA.fit(bow, opts.k, opts.passes, opts.iterations, opts.seed)
+    config = {
+        "format": MODEL_FORMAT,
+        "version": MODEL_VERSION,
+        "id": model_id(opts, store, rows),
+        "backbone": "lda",
+        "model": {"k": opts.k, "vocab_size": int(bow.shape[1])},
+        "training": {**asdict(opts), "documents": int(len(rows))},
+        "vocab_fingerprint": store.attrs.get("vocab_fingerprint"),
+        "lm": store.attrs.get("lm"),
+        "prompt": store.attrs.get("prompt"),
+        "max_tokens": store.attrs.get("max_tokens"),
+        "input_source": None,
+    }
+    return TopicModel(lda, config, store.vocab())
+
+
+class _Quiet:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *a: object) -> None:
+        return None
+
+
 # --- saving and loading -------------------------------------------------------------------------
 
 
@@ -221,8 +270,7 @@ def save(model: TopicModel, folder: Path, top_words: int = 15) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
         (tmp / "config.json").write_text(json.dumps(model.config, indent=2))
-        state = {k: v.detach().contiguous() for k, v in model.model.state_dict().items()}
-        save_file(state, str(tmp / "model.safetensors"))
+        save_file(model.state(), str(tmp / "model.safetensors"))
         (tmp / "vocab.json").write_text(json.dumps(model.vocab, ensure_ascii=False))
         (tmp / "topics.json").write_text(json.dumps(model.topics(top_words), ensure_ascii=False, indent=1))
         if folder.exists():
@@ -258,10 +306,15 @@ def load(spec: str) -> tuple[TopicModel, Store | None]:
     except (OSError, ValueError) as e:
         raise InputError(f"damaged model folder ({e}); train it again", spec) from None
     try:
-        model = ProdLDA(ProdLDAConfig(**config["model"]))
-        model.load_state_dict(load_file(str(folder / "model.safetensors")))
+        state = load_file(str(folder / "model.safetensors"))
+        if config.get("backbone") == "lda":
+            t = config["training"]
+            model: ProdLDA | GensimLDA = GensimLDA.from_state(state, t["seed"], t["passes"], t["iterations"])
+        else:
+            model = ProdLDA(ProdLDAConfig(**config["model"]))
+            model.load_state_dict(state)
+            model.eval()
     except Exception as e:  # noqa: BLE001 - safetensors, torch and OS errors all mean the same here
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f"missing or damaged model.safetensors ({first}); train it again", spec) from None
-    model.eval()
     return TopicModel(model, config, vocab), store

@@ -257,3 +257,32 @@ def test_headline_pipeline(tiny_model, cache_dir, tmp_path):
     assert [orjson.loads(x)["topic"] for x in r.stdout.splitlines()] == [0, 1, 2, 3]
     models = list((tmp_path / "st.zarr" / "models").iterdir())
     assert len(models) == 1 and models[0].name.startswith("dsl-k4-")
+
+
+def test_lda_baseline_saves_without_pickle_and_loads_to_the_same_theta(store, tmp_path):
+    path, _ = store
+    r = run_train(
+        "-k",
+        "4",
+        "--backbone",
+        "lda",
+        "--passes",
+        "2",
+        "--iterations",
+        "20",
+        "--store",
+        str(path),
+        "-o",
+        str(tmp_path / "lda"),
+    )
+    assert r.exit_code == 0, r.output
+    topics = [orjson.loads(x) for x in r.stdout_bytes.splitlines()]
+    assert len(topics) == 4 and all(t["weights"] == sorted(t["weights"], reverse=True) for t in topics)
+    model, _ = load(str(tmp_path / "lda"))
+    assert model.id.startswith("lda-k4-") and model.config["backbone"] == "lda"
+    stored = np.asarray(Store(path).group[f"theta/{model.id}"][:])
+    np.testing.assert_allclose(stored.sum(axis=1), 1, atol=1e-5)
+    np.testing.assert_allclose(model.theta(Store(path).bow().toarray().astype(np.float32)), stored, atol=1e-6)
+    # The topic-word matrix is gensim's own, rebuilt from the saved statistics.
+    gensim_topics = model.model.lda.get_topics()
+    assert topics[0]["words"][0] == Store(path).vocab()[int(np.argmax(gensim_topics[0]))]
