@@ -120,7 +120,9 @@ def harmonic_purity(pred: np.ndarray, gold: np.ndarray) -> float:
 # --- retrieval ------------------------------------------------------------------------------------
 
 
-def nearest(theta: np.ndarray, queries: np.ndarray, k: int, divergence: str = "kl", block: int = 1024) -> np.ndarray:
+def nearest(
+    theta: np.ndarray, queries: np.ndarray, k: int, divergence: str = "kl", block: int | None = None
+) -> np.ndarray:
     """For each query row i of θ, the indices of the k documents j ≠ i with the smallest
     divergence D(θ_i ‖ θ_j), best first (ties: lower index first). Blocked: O(block · N) memory.
 
@@ -131,6 +133,8 @@ def nearest(theta: np.ndarray, queries: np.ndarray, k: int, divergence: str = "k
     log_theta = np.log(np.clip(theta, EPS, None))
     n = len(theta)
     k = min(k, n - 1)
+    # At most 2^26 divergences (256 MB of float32) at a time, whatever N is.
+    block = block or max(16, min(1024, 2**26 // max(n, 1)))
     out = np.empty((len(queries), k), dtype=np.int64)
     neg_entropy = (theta * log_theta).sum(axis=1)
     if divergence == "kl":

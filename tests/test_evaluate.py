@@ -146,6 +146,17 @@ def test_eval_command(store, tmp_path, cache_dir):
             "p@1",
             "p@10",
         }
+    # Clustering scores equal scikit-learn called directly on the stored θ and the records' labels.
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    from st.store import Store
+    from st.train import load
+
+    s = Store(path)
+    theta = np.asarray(s.group[f"theta/{load(str(tmp_path / '3'))[0].id}"][:])
+    gold = [orjson.loads(r)["label"] for r in s.array("records")]
+    assert rows[0]["nmi"] == pytest.approx(normalized_mutual_info_score(gold, theta.argmax(1)), abs=1e-6)
+    assert rows[0]["ari"] == pytest.approx(adjusted_rand_score(gold, theta.argmax(1)), abs=1e-6)
     r = runner.invoke(
         cli, ["eval", "--store", str(path), "-m", str(tmp_path / "3"), "--metrics", "td", "--format", "table"]
     )
