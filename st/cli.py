@@ -74,6 +74,28 @@ def _text_or_file(value: str) -> str:
     return value
 
 
+device_option = click.option(
+    "--device", default="auto", show_default=True, help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps."
+)
+cache_dir_option = click.option(
+    "--cache-dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="LM cache and converted models.  [default: $ST_CACHE_DIR or ~/.cache/st]",
+)
+trust_remote_code_option = click.option(
+    "--trust-remote-code", is_flag=True, help="Let a Hugging Face model run its own Python code (off: safer)."
+)
+divergence_option = click.option(
+    "--divergence",
+    type=click.Choice(["kl", "js"]),
+    default="kl",
+    show_default=True,
+    help="How documents are ranked by their θ: KL(θ_i ‖ θ_j), or Jensen-Shannon.",
+)
+lm_location_option = click.option(
+    "--lm", default=None, metavar="LM", help="Where the model's LM is, if not where it was at training (same weights)."
+)
 lm_options = _compose(
     click.option(
         "--model",
@@ -84,9 +106,7 @@ lm_options = _compose(
         help="A local model folder, a .gguf file, or a Hugging Face id in the local cache.  "
         "[default: the embedded SmolLM2-135M-Instruct]",
     ),
-    click.option(
-        "--device", default="auto", show_default=True, help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps."
-    ),
+    device_option,
     click.option(
         "--dtype",
         default="auto",
@@ -122,15 +142,8 @@ lm_options = _compose(
         type=click.IntRange(min=1),
         help="Most padded tokens in one LM batch.  [default: 1024 on CPU, 16384 on GPU]",
     ),
-    click.option(
-        "--cache-dir",
-        default=None,
-        type=click.Path(file_okay=False),
-        help="LM cache and converted models.  [default: $ST_CACHE_DIR or ~/.cache/st]",
-    ),
-    click.option(
-        "--trust-remote-code", is_flag=True, help="Let a Hugging Face model run its own Python code (off: safer)."
-    ),
+    cache_dir_option,
+    trust_remote_code_option,
 )
 force_option = click.option("--force", is_flag=True, help="Replace the output store even if it holds trained models.")
 output_option = click.option(
@@ -207,7 +220,7 @@ def cli() -> None:
     metavar="MODEL",
     help="LM whose tokenizer decides first sub-tokens.  [default: the embedded SmolLM2-135M-Instruct]",
 )
-@click.option("--cache-dir", default=None, type=click.Path(file_okay=False), help="Cache folder (converted models).")
+@cache_dir_option
 @quiet_option
 def vocab(
     input: str,
@@ -585,26 +598,12 @@ def _topic_table(topics: list[dict[str, Any]]) -> None:
     help="A model folder (st train -o) or STORE#MODEL-ID.",
 )
 @document_options
-@click.option(
-    "--lm",
-    default=None,
-    metavar="LM",
-    help="Where the model's LM is, if not where it was at training (its weights must be the same).",
-)
-@click.option(
-    "--device", default="auto", show_default=True, help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps."
-)
+@lm_location_option
+@device_option
 @click.option("--batch-size", default=None, type=click.IntRange(min=1), help="Most documents in one LM batch.")
 @click.option("--batch-tokens", default=None, type=click.IntRange(min=1), help="Most padded tokens in one LM batch.")
-@click.option(
-    "--cache-dir",
-    default=None,
-    type=click.Path(file_okay=False),
-    help="LM cache and converted models.  [default: $ST_CACHE_DIR or ~/.cache/st]",
-)
-@click.option(
-    "--trust-remote-code", is_flag=True, help="Let a Hugging Face model run its own Python code (off: safer)."
-)
+@cache_dir_option
+@trust_remote_code_option
 @quiet_option
 def infer(
     model_spec: str,
@@ -679,13 +678,7 @@ def infer(
 @click.option(
     "--top-words", default=10, show_default=True, type=click.IntRange(min=2), help="Words per topic for coherence."
 )
-@click.option(
-    "--divergence",
-    type=click.Choice(["kl", "js"]),
-    default="kl",
-    show_default=True,
-    help="How retrieval ranks documents by their θ.",
-)
+@divergence_option
 @click.option(
     "--balanced",
     default=None,
@@ -704,12 +697,7 @@ def infer(
 @click.option(
     "--rater", default=None, metavar="MODEL", help="The rating LM.  [default: the embedded SmolLM2-135M-Instruct]"
 )
-@click.option(
-    "--cache-dir",
-    default=None,
-    type=click.Path(file_okay=False),
-    help="LM cache and converted models.  [default: $ST_CACHE_DIR or ~/.cache/st]",
-)
+@cache_dir_option
 @quiet_option
 def eval_command(
     store_path: str,
@@ -841,13 +829,7 @@ def _eval_output(results: list[dict[str, Any]], fmt: str) -> None:
 @click.option("--like", default=None, metavar="ID", help="Find documents like this stored one (by id).")
 @click.option("--topic", default=None, type=click.IntRange(min=0), help="Find the documents most about this topic.")
 @click.option("-n", "--hits", "n", default=10, show_default=True, type=click.IntRange(min=1), help="Number of hits.")
-@click.option(
-    "--divergence",
-    type=click.Choice(["kl", "js"]),
-    default="kl",
-    show_default=True,
-    help="How documents are ranked by their θ.",
-)
+@divergence_option
 @click.option(
     "--snippet",
     default=200,
@@ -855,14 +837,9 @@ def _eval_output(results: list[dict[str, Any]], fmt: str) -> None:
     type=click.IntRange(min=0),
     help="Truncate the text of each hit to this many characters (0: whole text).",
 )
-@click.option("--lm", default=None, metavar="LM", help="Where the model's LM is, if not where it was at training.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
-@click.option(
-    "--cache-dir",
-    default=None,
-    type=click.Path(file_okay=False),
-    help="LM cache and converted models.  [default: $ST_CACHE_DIR or ~/.cache/st]",
-)
+@lm_location_option
+@device_option
+@cache_dir_option
 @quiet_option
 def search(
     query: str | None,
