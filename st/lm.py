@@ -223,6 +223,12 @@ def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 @dataclass
+class PrefixCache:
+    token_ids: list[int]
+    layers: list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values (1 x heads x P x d)
+
+
+@dataclass
 class Batch:
     rows: list[int]  # positions in the caller's list
     input_ids: torch.Tensor
@@ -294,6 +300,11 @@ class LM:
         # does something after its head (soft-capping, scaling): then logits are cached per vocabulary.
         self.head_is_exact = self._check_head()
         self.documents_computed = 0  # documents that went through the LM (cache misses)
+        self._prefixes: dict[Prompt, PrefixCache | None] = {}
+        import inspect
+
+        params = inspect.signature(self.body.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else ("past_key_values" if "past_key_values" in params else "")
 
     def _pad_id(self) -> int:
         t = self.tokenizer
@@ -316,14 +327,52 @@ class LM:
         return self.tokenizer([prompt.render(d) for d in docs])["input_ids"]
 
     @torch.inference_mode()
-    def _forward(self, batch: Batch) -> torch.Tensor:
+    def _forward(self, batch: Batch, prefix: PrefixCache | None = None) -> torch.Tensor:
+        if prefix is None:
+            out = self.body(
+                input_ids=batch.input_ids.to(self.device),
+                attention_mask=batch.attention_mask.to(self.device),
+                position_ids=batch.position_ids.to(self.device),
+                use_cache=False,
+            )
+            return out.last_hidden_state[:, -1, :]
+        from transformers import DynamicCache
+
+        n, p = batch.input_ids.shape[0], len(prefix.token_ids)
+        # Views of the prefix's keys and values, expanded to the batch: the cache appends the rest
+        # by concatenation, so the prefix itself is never written to.
+        layers = [(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in prefix.layers]
+        kv = DynamicCache(layers, config=self.model.config)
+        # Padding sits between the prefix and the document; positions continue after the prefix.
+        mask = torch.cat([torch.ones((n, p), dtype=batch.attention_mask.dtype), batch.attention_mask], dim=1)
         out = self.body(
             input_ids=batch.input_ids.to(self.device),
-            attention_mask=batch.attention_mask.to(self.device),
-            position_ids=batch.position_ids.to(self.device),
-            use_cache=False,
+            attention_mask=mask.to(self.device),
+            position_ids=(batch.position_ids + p).to(self.device),
+            use_cache=True,
+            **{self._cache_arg: kv},
         )
         return out.last_hidden_state[:, -1, :]
+
+    @torch.inference_mode()
+    def _prefix(self, prompt: Prompt) -> PrefixCache | None:
+        """The key/value cache of the prompt's fixed beginning (the instruction), computed once."""
+        if prompt in self._prefixes:
+            return self._prefixes[prompt]
+        marker = "\u2063st-document\u2063"
+        text = prompt.render(marker)
+        head = text[: text.index(marker)]
+        ids = self.tokenizer(head)["input_ids"][:-1]  # the last token may merge with the document
+        result = None
+        if len(ids) >= 2 and self._cache_arg:
+            out = self.body(input_ids=torch.tensor([ids], device=self.device), use_cache=True)
+            kv = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+            if kv is not None and hasattr(kv, "layers"):
+                result = PrefixCache(ids, [(layer.keys, layer.values) for layer in kv.layers])
+            elif kv is not None and hasattr(kv, "key_cache"):
+                result = PrefixCache(ids, list(zip(kv.key_cache, kv.value_cache, strict=True)))
+        self._prefixes[prompt] = result
+        return result
 
     @torch.inference_mode()
     def _full_logits(self, batch: Batch) -> torch.Tensor:
@@ -385,8 +434,27 @@ class LM:
         if missing:
             token_ids = self.tokenize_prompts([texts[i] for i in missing], prompt, max_tokens)
             budget = batch_tokens or self.default_batch_tokens()
-            for batch in make_batches(token_ids, self.pad_id, budget, batch_size or 10**9):
-                h = self._forward(batch)
+            prefix = self._prefix(prompt) if not logit_keys else None
+            # Prompts that start with the shared prefix's tokens reuse its key/value cache and compute
+            # only the rest; any other prompt (a tokenizer that merges across the boundary) runs whole.
+            groups: list[tuple[list[int], list[list[int]], bool]] = []
+            if prefix is not None:
+                p = len(prefix.token_ids)
+                fits = [r for r, ids in enumerate(token_ids) if ids[:p] == prefix.token_ids and len(ids) > p]
+                fit_set = set(fits)
+                groups.append((fits, [token_ids[r][p:] for r in fits], True))
+                rest = [r for r in range(len(token_ids)) if r not in fit_set]
+                groups.append((rest, [token_ids[r] for r in rest], False))
+            else:
+                groups.append((list(range(len(token_ids))), token_ids, False))
+            batches = [
+                (batch, [where[r] for r in batch.rows], prefixed)
+                for where, ids, prefixed in groups
+                for batch in make_batches(ids, self.pad_id, budget, batch_size or 10**9)
+            ]
+            for batch, rows_in_missing, prefixed in batches:
+                h = self._forward(batch, prefix if prefixed else None)
+                batch = Batch(rows_in_missing, batch.input_ids, batch.attention_mask, batch.position_ids)
                 self.documents_computed += len(batch.rows)
                 entries = {keys[missing[r]]: v for r, v in zip(batch.rows, h.float().cpu().numpy(), strict=True)}
                 found.update(entries)

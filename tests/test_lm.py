@@ -101,7 +101,7 @@ def test_cache_hit_runs_no_forward_and_a_new_vocabulary_reuses_it(tiny_model, ca
     h1, l1 = lm.encode(DOCS, Prompt(), 512, cache, vocab_token_ids=first)
     assert lm.documents_computed == len(DOCS)
 
-    def boom(batch):
+    def boom(batch, prefix=None):
         raise AssertionError("the LM ran on a cached document")
 
     monkeypatch.setattr(lm, "_forward", boom)
@@ -165,3 +165,26 @@ def test_model_arguments_that_are_not_models_get_clear_errors(tmp_path):
     ]:
         with pytest.raises(InputError, match=message):
             resolve(str(bad))
+
+
+def test_shared_prefix_is_computed_once_and_changes_nothing(tiny_model, embedded_folder, cache_dir):
+    """Documents reuse the instruction's key/value cache; results equal the whole-prompt computation."""
+    for folder in (tiny_model, embedded_folder):
+        lm = LM(str(folder), device="cpu", dtype="float32", cache_dir=cache_dir)
+        prefix = lm._prefix(Prompt())
+        assert prefix is not None
+        full = lm.tokenize_prompts(DOCS, Prompt(), 512)
+        assert all(ids[: len(prefix.token_ids)] == prefix.token_ids for ids in full)
+        if folder == embedded_folder:
+            assert len(prefix.token_ids) == 17 and lm.tokenizer.decode(prefix.token_ids).endswith("Document:")
+        whole = np.zeros((len(DOCS), lm.hidden_size), np.float32)
+        for b in make_batches(full, lm.pad_id, 10**9, 1):  # one prompt at a time, whole
+            whole[b.rows] = lm._forward(b).numpy()
+        rest = [ids[len(prefix.token_ids) :] for ids in full]
+        split = np.zeros_like(whole)
+        batches = make_batches(rest, lm.pad_id, 64, 10**9)
+        assert max(len(b.rows) for b in batches) > 1  # padded batches
+        for b in batches:
+            split[b.rows] = lm._forward(b, prefix).numpy()
+        np.testing.assert_allclose(split, whole, atol=1e-4, rtol=0)
+        assert np.abs(whole).max() > 0.1

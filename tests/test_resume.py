@@ -66,12 +66,12 @@ def test_reliability_interrupted_run_resumes_bit_for_bit(stop_after, tiny_model,
     calls = {"n": 0, "docs": 0}
     real_forward = LM._forward
 
-    def interrupted(self, batch):
+    def interrupted(self, batch, prefix=None):
         calls["n"] += 1  # the first call is the output-head check made at load time
         if calls["n"] > stop_after + 1:
             raise KeyboardInterrupt
         calls["docs"] += len(batch.rows) if calls["n"] > 1 else 0
-        return real_forward(self, batch)
+        return real_forward(self, batch, prefix)
 
     monkeypatch.setattr(LM, "_forward", interrupted)
     code, _ = softlabel(src, tmp_path / "run.zarr", tmp_path / "c2", tiny_model)
@@ -82,10 +82,10 @@ def test_reliability_interrupted_run_resumes_bit_for_bit(stop_after, tiny_model,
 
     resumed = {"docs": 0, "n": 0}
 
-    def counting(self, batch):
+    def counting(self, batch, prefix=None):
         resumed["n"] += 1
         resumed["docs"] += len(batch.rows) if resumed["n"] > 1 else 0
-        return real_forward(self, batch)
+        return real_forward(self, batch, prefix)
 
     monkeypatch.setattr(LM, "_forward", counting)
     code, out = softlabel(src, tmp_path / "run.zarr", tmp_path / "c2", tiny_model)
