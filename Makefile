@@ -34,7 +34,7 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff format --check st tests bench examples
 
 bench: $(BIN)/.installed
-	$(BIN)/python bench/bench.py --docs $${BENCH_DOCS:-2000} --out bench/results.md
+	$(BIN)/python bench/bench.py --docs $${BENCH_DOCS:-2000} --out bench/results.md --readme README.md
 
 completions: $(BIN)/.installed
 	for shell in bash zsh fish; do $(BIN)/st completion $$shell > completions/st.$$shell; done

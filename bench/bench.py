@@ -206,6 +206,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--docs", type=int, default=2000)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--readme", type=Path, default=None, help="Put the table between the bench markers there.")
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     lm = LM(None, device="cpu")
@@ -252,6 +253,11 @@ def main() -> None:
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
+    if args.readme:
+        readme = args.readme.read_text()
+        start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+        head, rest = readme.split(start, 1)
+        args.readme.write_text(head + start + "\n" + text + "\n" + end + rest.split(end, 1)[1])
 
 
 if __name__ == "__main__":
