@@ -31,8 +31,6 @@ _SCHEMA = "CREATE TABLE IF NOT EXISTS entries (key BLOB PRIMARY KEY, value BLOB 
 class Cache:
     def __init__(self, folder: Path) -> None:
         self.path = folder / "lm-cache.sqlite"
-        self.lookups = 0
-        self.hits = 0
         try:
             folder.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, timeout=120, isolation_level=None)
@@ -55,8 +53,6 @@ class Cache:
                 f"SELECT key, value FROM entries WHERE key IN ({','.join('?' * len(part))})", part
             ).fetchall()
             found.update({k: np.frombuffer(v, dtype=np.float32) for k, v in rows})
-        self.lookups += len(keys)
-        self.hits += len(found)
         return found
 
     def put_many(self, entries: Mapping[bytes, np.ndarray]) -> None:
