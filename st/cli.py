@@ -170,16 +170,17 @@ def _cache_dir(value: str | None) -> Path:
 def _load_lm(model: str | None, device: str, dtype: str, cache_dir: Path, trust_remote_code: bool):  # noqa: ANN202
     from st.lm import LM
 
-    with console.err.status("loading the LM", spinner="dots") if not console._state["quiet"] else _null():
+    with console.status("loading the LM"):
         return LM(model, device=device, dtype=dtype, cache_dir=cache_dir, trust_remote_code=trust_remote_code)
 
 
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *a: object) -> None:
-        return None
+def _training_lm(model: Any, where: str | None, device: str, cache_dir: Path, trust_remote_code: bool):  # noqa: ANN202
+    """The LM (and dtype) a topic model's inputs came from; `where` overrides its location."""
+    identity = (model.config.get("input_source") or model.config).get("lm") or {}
+    name = where or identity.get("model")
+    if isinstance(name, str) and name.startswith("embedded:"):
+        name = None
+    return _load_lm(name, device, identity.get("dtype", "auto"), cache_dir, trust_remote_code)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -627,16 +628,11 @@ def infer(
     from st.cache import Cache
 
     model, _ = train_mod.load(model_spec)
-    source = model.config.get("input_source") or model.config
-    identity = source.get("lm") or {}
-    name = lm or identity.get("model")
-    if isinstance(name, str) and name.startswith("embedded:"):
-        name = None
     folder = _cache_dir(cache_dir)
     infer_mod.infer(
         input,
         model,
-        lambda: _load_lm(name, device, identity.get("dtype", "auto"), folder, trust_remote_code),
+        lambda: _training_lm(model, lm, device, folder, trust_remote_code),
         Cache(folder),
         click.get_binary_stream("stdout"),
         text_field,
@@ -914,12 +910,8 @@ def _query_theta(model: Any, text: str, lm: str | None, device: str, cache_dir: 
     source = model.config.get("input_source") or model.config
     if model.config["training"]["input"] == "bow":
         return model.theta(vocab_mod.bag_of_words([text], model.vocab).toarray().astype(np.float32))[0]
-    identity = source.get("lm") or {}
-    name = lm or identity.get("model")
-    if isinstance(name, str) and name.startswith("embedded:"):
-        name = None
     folder = _cache_dir(cache_dir)
-    loaded = _load_lm(name, device, identity.get("dtype", "auto"), folder, False)
+    loaded = _training_lm(model, lm, device, folder, False)
     check_lm(model, loaded, "the LM")
     prompt = Prompt(**source["prompt"]) if source.get("prompt") else Prompt()
     hidden, _ = loaded.encode([text], prompt, int(source.get("max_tokens") or 512), Cache(folder))

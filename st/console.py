@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -58,3 +58,8 @@ def progress(description: str, total: int | None = None, unit: str = "docs") -> 
     ]
     with Progress(*columns, console=err, redirect_stdout=False, redirect_stderr=False, transient=False) as p:
         yield _Bar(p, p.add_task(description, total=total))
+
+
+def status(message: str) -> AbstractContextManager[object]:
+    """A spinner on stderr for work without a count (nothing with -q)."""
+    return nullcontext() if _state["quiet"] else err.status(message, spinner="dots")

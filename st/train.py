@@ -232,7 +232,7 @@ def train_lda(store: Store, rows: np.ndarray, opts: TrainOptions) -> TopicModel:
     if bow.nnz == 0:
         raise InputError("no document holds a vocabulary word; LDA has nothing to learn from", str(store.path))
     opts = TrainOptions(**{**asdict(opts), "target": "bow", "input": "bow"})
-    with console.err.status("st train: gensim LDA", spinner="dots") if not console._state["quiet"] else _Quiet():
+    with console.status("st train: gensim LDA"):
         lda = GensimLDA.fit(bow, opts.k, opts.passes, opts.iterations, opts.seed)
     config = {
         "format": MODEL_FORMAT,
@@ -248,14 +248,6 @@ def train_lda(store: Store, rows: np.ndarray, opts: TrainOptions) -> TopicModel:
         "input_source": None,
     }
     return TopicModel(lda, config, store.vocab())
-
-
-class _Quiet:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *a: object) -> None:
-        return None
 
 
 # --- saving and loading -------------------------------------------------------------------------
