@@ -430,10 +430,18 @@ def _training_rows(input: str | None, store_path: str | None) -> tuple[Any, Any,
 )
 @click.option(
     "--backbone",
-    type=click.Choice(["prodlda", "lda"]),
+    type=click.Choice(["prodlda", "etm", "ecrtm", "fastopic", "lda"]),
     default="prodlda",
     show_default=True,
-    help="prodlda: the VAE (DSL with the default target); lda: gensim's LdaModel on the bag of words.",
+    help="The topic model: the VAEs prodlda, etm or ecrtm, or fastopic (each trained on --target); "
+    "lda: gensim's LdaModel on the bag of words.",
+)
+@click.option(
+    "--embedding-size",
+    default=200,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="etm, ecrtm: size of the topic and word embeddings.",
 )
 @click.option(
     "--passes", default=10, show_default=True, type=click.IntRange(min=1), help="LDA: passes over the corpus."
@@ -477,7 +485,11 @@ def _training_rows(input: str | None, store_path: str | None) -> tuple[Any, Any,
     help="Drop this share of each target's smallest entries.",
 )
 @click.option(
-    "--lambda", "lam", default=1000.0, show_default=True, type=float, help="Weight λ of the reconstruction term."
+    "--lambda",
+    "lam",
+    default=None,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Weight λ of the reconstruction term.  [default: 1000; fastopic: 10]",
 )
 @click.option("--loss", type=click.Choice(["kl", "ce"]), default="kl", show_default=True, help="Reconstruction loss.")
 @click.option("--lr", default=2e-3, show_default=True, type=float, help="Adam learning rate.")
@@ -485,6 +497,13 @@ def _training_rows(input: str | None, store_path: str | None) -> tuple[Any, Any,
 @click.option("--epochs", default=100, show_default=True, type=click.IntRange(min=1), help="Passes over the documents.")
 @click.option(
     "--samples", default=10, show_default=True, type=click.IntRange(min=1), help="θ draws averaged at inference."
+)
+@click.option(
+    "--checkpoint-every",
+    default=10,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Checkpoint training every N epochs inside the store; the same command resumes from it (0: never).",
 )
 @click.option(
     "--seed", default=0, show_default=True, type=int, help="Random seed (same seed, same machine: same model)."
@@ -500,6 +519,7 @@ def train(
     store_path: str | None,
     output: str | None,
     backbone: str,
+    embedding_size: int,
     passes: int,
     iterations: int,
     target: str,
@@ -508,12 +528,13 @@ def train(
     decoder_temperature: float | None,
     topk: int | None,
     sparsity: float | None,
-    lam: float,
+    lam: float | None,
     loss: str,
     lr: float,
     batch_size: int,
     epochs: int,
     samples: int,
+    checkpoint_every: int,
     seed: int,
     top_words: int,
     docs: bool,
@@ -534,6 +555,7 @@ def train(
     opts = train_mod.TrainOptions(
         k=k,
         backbone=backbone,
+        embedding_size=embedding_size,
         passes=passes,
         iterations=iterations,
         target=target,
@@ -549,6 +571,7 @@ def train(
         epochs=epochs,
         samples=samples,
         seed=seed,
+        checkpoint_every=checkpoint_every,
     )
     model, _ = train_mod.train(store, rows, opts)
     theta = model.theta(train_mod.model_inputs(store, model.config["training"]["input"]))
@@ -559,6 +582,7 @@ def train(
     else:
         train_mod.save(model, store.path / "models" / model.id, top_words)
         console.info(f"model saved as {store.path}#{model.id}")
+    train_mod.drop_checkpoint(store, model.id)
     topics = model.topics(top_words)
     _topic_table(topics)
     out = click.get_binary_stream("stdout")

@@ -1,11 +1,21 @@
 """Topic models, in one readable file.
 
-ProdLDA-style VAE (Srivastava & Sutton 2017) trained, as in the DSL method, to reconstruct the
-LM's soft label over the vocabulary instead of (or, as a baseline, like) the bag of words:
+Every model here can be trained, as in the DSL method, to reconstruct the LM's soft label over
+the vocabulary instead of (or, as a baseline, like) the bag of words. The VAE backbones share an
+encoder and a logistic-normal prior and differ only in how θ becomes a reconstruction:
 
-    loss = KL(q(θ|x) ‖ p(θ)) + λ · KL(target ‖ softmax(BN(θ β) / τ_dec))
+    loss = KL(q(θ|x) ‖ p(θ)) + λ · KL(target ‖ reconstruction(θ))
 
-θ = softmax(μ + σ ε) is a document's topic mixture; β (K × V) holds the topics.
+    prodlda  reconstruction = softmax(BN(θ β) / τ_dec)                (Srivastava & Sutton 2017)
+    etm      reconstruction = θ softmax(α ρᵀ)                         (Dieng et al. 2020)
+    ecrtm    reconstruction = softmax(BN(θ softmax_K(-‖ρ - α‖² / τ_β)) / τ_dec),
+             plus embedding-clustering regularisation by optimal transport (Wu et al. 2023)
+
+FASTopic (Wu et al. 2024) has no encoder: θ and β are both transport plans, between document and
+topic embeddings and between topic and word embeddings, and θ β reconstructs the target.
+
+θ is a document's topic mixture; β (K × V) holds the topics; α are topic embeddings, ρ word
+embeddings.
 """
 
 from __future__ import annotations
@@ -18,23 +28,59 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+BACKBONES = ("prodlda", "etm", "ecrtm", "fastopic")
+
 
 @dataclass
-class ProdLDAConfig:
+class TopicConfig:
     input_size: int
     vocab_size: int
     k: int
+    backbone: str = "prodlda"
     hidden: list[int] = field(default_factory=lambda: [200, 200])
     dropout: float = 0.2
     theta_dropout: float = 0.2
     decoder_temperature: float = 3.0
+    embedding_size: int = 200  # etm, ecrtm: size of α and ρ (fastopic: the input's size)
+    beta_temperature: float = 0.2  # ecrtm
+    ecr_weight: float = 250.0  # ecrtm
+    sinkhorn_alpha: float = 20.0  # ecrtm; fastopic uses its own two below
+    doc_topic_alpha: float = 3.0  # fastopic
+    topic_word_alpha: float = 2.0  # fastopic
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-class ProdLDA(nn.Module):
-    def __init__(self, config: ProdLDAConfig) -> None:
+def sinkhorn_potential(
+    cost: torch.Tensor, alpha: float, iterations: int = 1000, tol: float = 5e-3, warm: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The column potential g of entropic optimal transport between uniform marginals (log domain,
+    so that large α·cost never underflows). The plan is then exp(-α cost + f + g) with f the row
+    potential, i.e. each row is softmax(-α cost_i + g), scaled by the row's mass."""
+    with torch.no_grad():
+        n, m = cost.shape
+        logits = -alpha * cost.detach()
+        log_a, log_b = -math.log(n), -math.log(m)
+        g = warm.clone() if warm is not None else torch.zeros(m, dtype=cost.dtype, device=cost.device)
+        for i in range(iterations):
+            f = log_a - torch.logsumexp(logits + g, dim=1)
+            g = log_b - torch.logsumexp(logits + f[:, None], dim=0)
+            if i % 10 == 9:
+                rows = torch.exp(torch.logsumexp(logits + f[:, None] + g, dim=1) - log_a)
+                if (rows - 1).abs().max() < tol:
+                    break
+        return g
+
+
+def squared_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return ((x * x).sum(1, keepdim=True) + (y * y).sum(1) - 2 * x @ y.T).clamp_min(0)
+
+
+class VAE(nn.Module):
+    """Encoder, reparameterised θ and prior shared by the VAE backbones."""
+
+    def __init__(self, config: TopicConfig) -> None:
         super().__init__()
         self.config = config
         k = config.k
@@ -50,9 +96,6 @@ class ProdLDA(nn.Module):
         self.logvar = nn.Linear(size, k)
         self.logvar_bn = nn.BatchNorm1d(k, affine=False)
         self.theta_dropout = nn.Dropout(config.theta_dropout)
-        self.beta = nn.Parameter(torch.empty(k, config.vocab_size))
-        nn.init.xavier_uniform_(self.beta)
-        self.decoder_bn = nn.BatchNorm1d(config.vocab_size, affine=False)
         # Laplace approximation of a Dirichlet(1) prior in the softmax basis: mean 0, variance 1 - 1/K.
         self.prior_mean = nn.Parameter(torch.zeros(k))
         self.prior_logvar = nn.Parameter(torch.full((k,), math.log(1.0 - 1.0 / k)))
@@ -63,7 +106,14 @@ class ProdLDA(nn.Module):
 
     def reconstruct(self, theta: torch.Tensor) -> torch.Tensor:
         """Log-probabilities over the vocabulary."""
-        return F.log_softmax(self.decoder_bn(theta @ self.beta) / self.config.decoder_temperature, dim=-1)
+        raise NotImplementedError
+
+    def topic_word(self) -> torch.Tensor:
+        """K × V: each topic's distribution over the vocabulary."""
+        raise NotImplementedError
+
+    def regularizer(self) -> torch.Tensor:
+        return torch.zeros(())
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mu, logvar = self.posterior(x)
@@ -77,6 +127,12 @@ class ProdLDA(nn.Module):
         return 0.5 * (
             torch.exp(logvar) / prior_var + (mu - self.prior_mean) ** 2 / prior_var - 1 + self.prior_logvar - logvar
         ).sum(-1)
+
+    def loss(self, x: torch.Tensor, target: torch.Tensor, lam: float, loss: str) -> torch.Tensor:
+        log_recon, mu, logvar = self(x)
+        return (
+            self.kl_prior(mu, logvar) + lam * reconstruction_loss(log_recon, target, loss)
+        ).mean() + self.regularizer()
 
     @torch.no_grad()
     def theta(self, x: torch.Tensor, samples: int = 10, seed: int = 0) -> torch.Tensor:
@@ -93,6 +149,117 @@ class ProdLDA(nn.Module):
             total += F.softmax(mu + e * std, dim=-1)
         self.train(was_training)
         return total / samples
+
+
+class ProdLDA(VAE):
+    def __init__(self, config: TopicConfig) -> None:
+        super().__init__(config)
+        self.beta = nn.Parameter(torch.empty(config.k, config.vocab_size))
+        nn.init.xavier_uniform_(self.beta)
+        self.decoder_bn = nn.BatchNorm1d(config.vocab_size, affine=False)
+
+    def reconstruct(self, theta: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(self.decoder_bn(theta @ self.beta) / self.config.decoder_temperature, dim=-1)
+
+    def topic_word(self) -> torch.Tensor:
+        return F.softmax(self.beta.detach().double(), dim=-1)
+
+
+class ETM(VAE):
+    def __init__(self, config: TopicConfig) -> None:
+        super().__init__(config)
+        self.rho = nn.Parameter(torch.empty(config.vocab_size, config.embedding_size))
+        self.alpha = nn.Parameter(torch.empty(config.k, config.embedding_size))
+        nn.init.xavier_uniform_(self.rho)
+        nn.init.xavier_uniform_(self.alpha)
+
+    def beta(self) -> torch.Tensor:
+        return F.softmax(self.alpha @ self.rho.T, dim=-1)
+
+    def reconstruct(self, theta: torch.Tensor) -> torch.Tensor:
+        return torch.log(theta @ self.beta() + 1e-10)
+
+    def topic_word(self) -> torch.Tensor:
+        return self.beta().detach().double()
+
+
+class ECRTM(VAE):
+    def __init__(self, config: TopicConfig) -> None:
+        super().__init__(config)
+        self.rho = nn.Parameter(nn.init.trunc_normal_(torch.empty(config.vocab_size, config.embedding_size), std=0.1))
+        self.alpha = nn.Parameter(nn.init.trunc_normal_(torch.empty(config.k, config.embedding_size), std=0.1))
+        self.decoder_bn = nn.BatchNorm1d(config.vocab_size, affine=False)
+        self.register_buffer("ecr_potential", torch.zeros(config.vocab_size))
+
+    def beta(self) -> torch.Tensor:
+        return F.softmax(-squared_distances(self.alpha, self.rho) / self.config.beta_temperature, dim=0)
+
+    def reconstruct(self, theta: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(self.decoder_bn(theta @ self.beta()) / self.config.decoder_temperature, dim=-1)
+
+    def regularizer(self) -> torch.Tensor:
+        """Each topic embedding the centre of its own cluster of word embeddings: the cost of the
+        optimal transport between topics and words (its gradient is the plan, held fixed)."""
+        cost = squared_distances(self.alpha, self.rho)
+        g = sinkhorn_potential(cost, self.config.sinkhorn_alpha, warm=self.ecr_potential)
+        self.ecr_potential.copy_(g)
+        plan = F.softmax(-self.config.sinkhorn_alpha * cost.detach() + g, dim=1) / len(cost)
+        return self.config.ecr_weight * (plan * cost).sum()
+
+    def topic_word(self) -> torch.Tensor:
+        b = self.beta().detach().double()
+        return b / b.sum(dim=1, keepdim=True)
+
+
+class FASTopic(nn.Module):
+    """Dual semantic-relation reconstruction: θ_d = softmax(-α_DT ‖e_d - t‖² + g_DT) and
+    β_k = softmax(-α_TW ‖t_k - w‖² + g_TW), the rows of the two balanced transport plans.
+    The plans' column potentials g are kept after training, so a new document's θ depends on the
+    document alone."""
+
+    def __init__(self, config: TopicConfig) -> None:
+        super().__init__()
+        self.config = config
+        size = config.input_size
+        self.topic_embeddings = nn.Parameter(F.normalize(nn.init.trunc_normal_(torch.empty(config.k, size), std=0.1)))
+        self.word_embeddings = nn.Parameter(
+            F.normalize(nn.init.trunc_normal_(torch.empty(config.vocab_size, size), std=0.1))
+        )
+        self.register_buffer("doc_topic_potential", torch.zeros(config.k))
+        self.register_buffer("topic_word_potential", torch.zeros(config.vocab_size))
+
+    def beta(self, update: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        cost = squared_distances(self.topic_embeddings, self.word_embeddings)
+        alpha = self.config.topic_word_alpha
+        if update:
+            self.topic_word_potential.copy_(sinkhorn_potential(cost, alpha, warm=self.topic_word_potential))
+        logits = -alpha * cost + self.topic_word_potential
+        return F.softmax(logits, dim=1), cost
+
+    def doc_topic(self, x: torch.Tensor, update: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        cost = squared_distances(F.normalize(x), self.topic_embeddings)
+        alpha = self.config.doc_topic_alpha
+        if update:
+            self.doc_topic_potential.copy_(sinkhorn_potential(cost, alpha, warm=self.doc_topic_potential))
+        return F.softmax(-alpha * cost + self.doc_topic_potential, dim=1), cost
+
+    def loss(self, x: torch.Tensor, target: torch.Tensor, lam: float, loss: str) -> torch.Tensor:
+        theta, dt_cost = self.doc_topic(x)
+        beta, tw_cost = self.beta()
+        transport = (theta.detach() * dt_cost).sum() / len(x) + (beta.detach() * tw_cost).sum() / len(beta)
+        log_recon = torch.log(theta @ beta + 1e-12)
+        return lam * reconstruction_loss(log_recon, target, loss).mean() + transport
+
+    def topic_word(self) -> torch.Tensor:
+        return self.beta(update=False)[0].detach().double()
+
+    @torch.no_grad()
+    def theta(self, x: torch.Tensor, samples: int = 10, seed: int = 0) -> torch.Tensor:  # noqa: ARG002 (deterministic)
+        return self.doc_topic(x, update=False)[0]
+
+
+def build(config: TopicConfig) -> VAE | FASTopic:
+    return {"prodlda": ProdLDA, "etm": ETM, "ecrtm": ECRTM, "fastopic": FASTopic}[config.backbone](config)
 
 
 def reconstruction_loss(log_recon: torch.Tensor, target: torch.Tensor, loss: str = "kl") -> torch.Tensor:

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from st import console
 from st.errors import InputError
-from st.models import GensimLDA, ProdLDA, ProdLDAConfig, reconstruction_loss
+from st.models import VAE, FASTopic, GensimLDA, TopicConfig, build
 from st.store import Store
 
 MODEL_FORMAT = "st-model"
@@ -33,7 +33,7 @@ MODEL_VERSION = 1
 @dataclass
 class TrainOptions:
     k: int = 50
-    backbone: str = "prodlda"  # prodlda | lda
+    backbone: str = "prodlda"  # prodlda | etm | ecrtm | fastopic | lda
     passes: int = 10  # lda
     iterations: int = 100  # lda
     target: str = "softlabel"  # softlabel | bow
@@ -42,7 +42,7 @@ class TrainOptions:
     decoder_temperature: float | None = None  # None: the target's τ
     topk: int | None = None
     sparsity: float | None = None
-    lam: float = 1000.0
+    lam: float | None = None  # None: 1000 for the VAE backbones, FASTOPIC_LAMBDA for fastopic
     loss: str = "kl"
     lr: float = 2e-3
     betas: tuple[float, float] = (0.99, 0.99)
@@ -53,11 +53,13 @@ class TrainOptions:
     hidden: list[int] = field(default_factory=lambda: [200, 200])
     dropout: float = 0.2
     theta_dropout: float = 0.2
+    embedding_size: int = 200  # etm, ecrtm
+    checkpoint_every: int = 10  # epochs; 0: never. Not part of the model's identity.
 
 
 @dataclass
 class TopicModel:
-    model: ProdLDA | GensimLDA
+    model: VAE | FASTopic | GensimLDA
     config: dict[str, Any]
     vocab: list[str]
 
@@ -69,7 +71,7 @@ class TopicModel:
         """K x V: each topic's distribution over the vocabulary."""
         if isinstance(self.model, GensimLDA):
             return self.model.topic_word()
-        return torch.softmax(self.model.beta.detach().double(), dim=-1).numpy()
+        return self.model.topic_word().numpy()
 
     def topics(self, top_words: int = 15) -> list[dict[str, Any]]:
         weights = self.topic_word()
@@ -148,53 +150,86 @@ def model_id(opts: TrainOptions, store: Store, rows: np.ndarray) -> str:
     name = {("softlabel", "hidden"): "dsl", ("bow", "bow"): "prodlda", ("bow", "hidden"): "ctm"}.get(
         (opts.target, opts.input), f"{opts.target}-{opts.input}"
     )
-    if opts.backbone == "lda":
-        name = "lda"
-    spec = json.dumps([asdict(opts), store.attrs.get("vocab_fingerprint"), store.attrs.get("lm")], sort_keys=True)
+    if opts.backbone == "lda" or (opts.backbone != "prodlda" and name == "prodlda"):
+        name = opts.backbone  # the classic models: LDA, ETM, ECRTM, FASTopic on the bag of words
+    elif opts.backbone != "prodlda":
+        name = f"{name}-{opts.backbone}"
+    identity = {k: v for k, v in asdict(opts).items() if k != "checkpoint_every"}
+    spec = json.dumps([identity, store.attrs.get("vocab_fingerprint"), store.attrs.get("lm")], sort_keys=True)
     digest = hashlib.sha256(spec.encode() + rows.astype(np.int64).tobytes()).hexdigest()[:8]
     return f"{name}-k{opts.k}-{digest}"
 
 
+FASTOPIC_LAMBDA = 10.0
+
+
+def resolved(opts: TrainOptions) -> TrainOptions:
+    """Options with backbone-dependent defaults filled in."""
+    lam = opts.lam if opts.lam is not None else (FASTOPIC_LAMBDA if opts.backbone == "fastopic" else 1000.0)
+    return TrainOptions(**{**asdict(opts), "lam": lam})
+
+
 def train(store: Store, rows: np.ndarray, opts: TrainOptions) -> tuple[TopicModel, list[float]]:
-    """Fit on the given store rows. Reproducible for a seed on one machine (CPU)."""
+    """Fit on the given store rows. Reproducible for a seed on one machine (CPU). With
+    `opts.checkpoint_every`, the state is checkpointed inside the store and a re-run of the same
+    training resumes from it, to the same result bit for bit."""
     if opts.k < 2:
         raise InputError("K must be at least 2 (-k)")
+    opts = resolved(opts)
     if opts.backbone == "lda":
         return train_lda(store, rows, opts), []
+    if len(rows) < 2:
+        raise InputError("at least 2 documents are needed to train", str(store.path))
     x_all = model_inputs(store, opts.input)
     y_all, tau = targets(store, opts)
     check_finite(store, opts.input, x_all)
     check_finite(store, "logits" if opts.target == "softlabel" else "bow", y_all)
     x, y = torch.from_numpy(x_all[rows]), torch.from_numpy(y_all[rows])
-    if len(rows) < 2:
-        raise InputError("at least 2 documents are needed to train", str(store.path))
-    torch.manual_seed(opts.seed)
-    config = ProdLDAConfig(
+    config = TopicConfig(
         input_size=x.shape[1],
         vocab_size=y.shape[1],
         k=opts.k,
+        backbone=opts.backbone,
         hidden=list(opts.hidden),
         dropout=opts.dropout,
         theta_dropout=opts.theta_dropout,
         decoder_temperature=opts.decoder_temperature if opts.decoder_temperature is not None else tau,
+        embedding_size=opts.embedding_size,
     )
-    model = ProdLDA(config)
-    optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr, betas=opts.betas)
-    shuffle = torch.Generator().manual_seed(opts.seed)
-    losses = []
+
+    def fresh() -> tuple[VAE | FASTopic, torch.optim.Optimizer, torch.Generator]:
+        torch.manual_seed(opts.seed)
+        model = build(config)
+        return (
+            model,
+            torch.optim.Adam(model.parameters(), lr=opts.lr, betas=opts.betas),
+            torch.Generator().manual_seed(opts.seed),
+        )
+
+    model, optimizer, shuffle = fresh()
+    # FASTopic's transport plans are between all documents and all topics: one batch per epoch.
+    batch_size = len(x) if opts.backbone == "fastopic" else opts.batch_size
+    identity = model_id(opts, store, rows)
+    checkpoint = checkpoint_path(store, identity) if opts.checkpoint_every else None
+    losses: list[float] = []
+    if checkpoint is not None and checkpoint.is_file():
+        restored = restore_checkpoint(checkpoint, model, optimizer, shuffle)
+        if restored is None:
+            model, optimizer, shuffle = fresh()
+        else:
+            losses = restored
+            console.info(f"st train: resuming {identity} after epoch {len(losses)} of {opts.epochs}")
     model.train()
     with console.progress("st train", total=opts.epochs, unit="epochs") as bar:
-        for _ in range(opts.epochs):
+        bar.advance(len(losses))
+        for epoch in range(len(losses), opts.epochs):
             order = torch.randperm(len(x), generator=shuffle)
             total, seen = 0.0, 0
-            for start in range(0, len(x), opts.batch_size):
-                idx = order[start : start + opts.batch_size]
+            for start in range(0, len(x), batch_size):
+                idx = order[start : start + batch_size]
                 if len(idx) < 2:  # batch norm needs two documents
                     continue
-                log_recon, mu, logvar = model(x[idx])
-                loss = (
-                    model.kl_prior(mu, logvar) + opts.lam * reconstruction_loss(log_recon, y[idx], opts.loss)
-                ).mean()
+                loss = model.loss(x[idx], y[idx], opts.lam, opts.loss)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
@@ -202,12 +237,14 @@ def train(store: Store, rows: np.ndarray, opts: TrainOptions) -> tuple[TopicMode
                 seen += len(idx)
             losses.append(total / max(seen, 1))
             bar.advance()
+            if checkpoint is not None and (epoch + 1) % opts.checkpoint_every == 0 and epoch + 1 < opts.epochs:
+                save_checkpoint(checkpoint, model, optimizer, shuffle, losses)
     model.eval()
     full = {
         "format": MODEL_FORMAT,
         "version": MODEL_VERSION,
-        "id": model_id(opts, store, rows),
-        "backbone": "prodlda",
+        "id": identity,
+        "backbone": opts.backbone,
         "model": config.to_dict(),
         "training": {
             **asdict(opts),
@@ -222,6 +259,61 @@ def train(store: Store, rows: np.ndarray, opts: TrainOptions) -> tuple[TopicMode
         "input_source": store.attrs.get("hidden_source") if opts.input == "hidden" else None,
     }
     return TopicModel(model, full, store.vocab()), losses
+
+
+# --- checkpoints (safetensors and JSON, like model folders: nothing is unpickled) ----------------
+
+
+def checkpoint_path(store: Store, identity: str) -> Path:
+    return store.path / "checkpoints" / f"{identity}.safetensors"
+
+
+def save_checkpoint(
+    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, shuffle: torch.Generator, losses: list[float]
+) -> None:
+    """One file, written aside and renamed over the last one: a checkpoint that exists is whole."""
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    state = optimizer.state_dict()
+    for index, values in state["state"].items():
+        for name, value in values.items():
+            tensors[f"optim.{index}.{name}"] = torch.as_tensor(value).contiguous()
+    tensors["rng.global"] = torch.get_rng_state()
+    tensors["rng.shuffle"] = shuffle.get_state()
+    meta = {"losses": losses, "param_groups": state["param_groups"]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    save_file(tensors, str(tmp), metadata={"st": json.dumps(meta)})
+    os.replace(tmp, path)
+
+
+def restore_checkpoint(
+    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, shuffle: torch.Generator
+) -> list[float] | None:
+    """The losses of the epochs done; None (and the checkpoint removed) if it cannot be used."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads(f.metadata()["st"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        optim_state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, index, name = key.split(".", 2)
+                optim_state.setdefault(int(index), {})[name] = value
+        optimizer.load_state_dict({"state": optim_state, "param_groups": meta["param_groups"]})
+        torch.set_rng_state(tensors["rng.global"])
+        shuffle.set_state(tensors["rng.shuffle"])
+        return [float(v) for v in meta["losses"]]
+    except Exception as e:  # noqa: BLE001 - any damage means the same: start over
+        console.warn(f"ignoring a damaged training checkpoint ({type(e).__name__}), starting over: {path}")
+        path.unlink(missing_ok=True)
+        return None
+
+
+def drop_checkpoint(store: Store, identity: str) -> None:
+    checkpoint_path(store, identity).unlink(missing_ok=True)
 
 
 def train_lda(store: Store, rows: np.ndarray, opts: TrainOptions) -> TopicModel:
@@ -301,9 +393,9 @@ def load(spec: str) -> tuple[TopicModel, Store | None]:
         state = load_file(str(folder / "model.safetensors"))
         if config.get("backbone") == "lda":
             t = config["training"]
-            model: ProdLDA | GensimLDA = GensimLDA.from_state(state, t["seed"], t["passes"], t["iterations"])
+            model: VAE | FASTopic | GensimLDA = GensimLDA.from_state(state, t["seed"], t["passes"], t["iterations"])
         else:
-            model = ProdLDA(ProdLDAConfig(**config["model"]))
+            model = build(TopicConfig(**config["model"]))
             model.load_state_dict(state)
             model.eval()
     except Exception as e:  # noqa: BLE001 - safetensors, torch and OS errors all mean the same here

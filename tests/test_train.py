@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner
 
 from st.cli import cli
-from st.models import ProdLDA, ProdLDAConfig, reconstruction_loss
+from st.models import ProdLDA, TopicConfig, reconstruction_loss
 from st.store import Store
 from st.train import TrainOptions, load, soft_label, train
 from tests.conftest import EXAMPLES, read_jsonl, st_env, st_exe
@@ -24,7 +24,7 @@ def run_train(*args: str, input: str | None = None):
 
 def test_kl_terms_equal_torch_distributions():
     torch.manual_seed(0)
-    model = ProdLDA(ProdLDAConfig(input_size=4, vocab_size=6, k=3))
+    model = ProdLDA(TopicConfig(input_size=4, vocab_size=6, k=3))
     with torch.no_grad():
         model.prior_mean.normal_()
         model.prior_logvar.normal_()
@@ -286,3 +286,101 @@ def test_lda_baseline_saves_without_pickle_and_loads_to_the_same_theta(store, tm
     # The topic-word matrix is gensim's own, rebuilt from the saved statistics.
     gensim_topics = model.model.lda.get_topics()
     assert topics[0]["words"][0] == Store(path).vocab()[int(np.argmax(gensim_topics[0]))]
+
+
+def naive_sinkhorn_plan(cost: np.ndarray, alpha: float, iterations: int = 5000) -> np.ndarray:
+    """Textbook Sinkhorn in the probability domain (float64), for comparison."""
+    kernel = np.exp(-alpha * cost)
+    a, b = np.full(cost.shape[0], 1 / cost.shape[0]), np.full(cost.shape[1], 1 / cost.shape[1])
+    u = np.ones_like(a)
+    for _ in range(iterations):
+        v = b / (kernel.T @ u)
+        u = a / (kernel @ v)
+    return u[:, None] * kernel * v[None, :]
+
+
+def test_transport_plans_match_textbook_sinkhorn():
+    from st.models import sinkhorn_potential
+
+    rng = np.random.default_rng(0)
+    cost = rng.random((30, 7))
+    g = sinkhorn_potential(torch.from_numpy(cost), 3.0, iterations=5000, tol=1e-10)
+    rows = torch.softmax(-3.0 * torch.from_numpy(cost) + g, dim=1).numpy() / 30
+    np.testing.assert_allclose(rows, naive_sinkhorn_plan(cost, 3.0), rtol=1e-6, atol=1e-12)
+
+
+def test_etm_and_ecrtm_decoders_follow_their_formulas():
+    from st.models import ECRTM, ETM
+
+    torch.manual_seed(0)
+    theta = torch.softmax(torch.randn(4, 3), -1)
+    etm = ETM(TopicConfig(input_size=5, vocab_size=8, k=3, backbone="etm", embedding_size=6))
+    beta = np.exp(etm.alpha.detach().numpy() @ etm.rho.detach().numpy().T)
+    beta /= beta.sum(1, keepdims=True)
+    np.testing.assert_allclose(etm.reconstruct(theta).exp().detach().numpy(), theta.numpy() @ beta + 1e-10, rtol=1e-5)
+    ecrtm = ECRTM(TopicConfig(input_size=5, vocab_size=8, k=3, backbone="ecrtm", embedding_size=6))
+    a, r = ecrtm.alpha.detach().numpy(), ecrtm.rho.detach().numpy()
+    dist = ((a[:, None, :] - r[None, :, :]) ** 2).sum(-1)
+    b = np.exp(-dist / 0.2)
+    b /= b.sum(0, keepdims=True)
+    np.testing.assert_allclose(ecrtm.beta().detach().numpy(), b, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("backbone", ["etm", "ecrtm", "fastopic"])
+def test_other_backbones_train_save_load_and_reproduce_theta(store, tmp_path, backbone):
+    path, _ = store
+    s = Store(path)
+    a, losses = train(s, np.arange(s.rows), TrainOptions(k=4, epochs=8, backbone=backbone, checkpoint_every=0))
+    assert losses[-1] < losses[0]
+    r = run_train("-k", "4", "--store", str(path), "--epochs", "3", "--backbone", backbone, "-o", str(tmp_path / "m"))
+    assert r.exit_code == 0, r.output
+    topics = [orjson.loads(x) for x in r.stdout_bytes.splitlines()]
+    assert len(topics) == 4 and all(t["weights"] == sorted(t["weights"], reverse=True) for t in topics)
+    model, _ = load(str(tmp_path / "m"))
+    assert model.id.startswith(f"dsl-{backbone}-k4-") and model.config["model"]["backbone"] == backbone
+    np.testing.assert_allclose(model.topic_word().sum(1), 1, atol=1e-6)
+    stored = np.asarray(s.group[f"theta/{model.id}"][:])
+    np.testing.assert_allclose(stored.sum(1), 1, atol=1e-5)
+    hidden = s.array("hidden")
+    np.testing.assert_array_equal(model.theta(hidden), stored)
+    # A document's θ does not depend on the other documents it is computed with.
+    np.testing.assert_allclose(model.theta(hidden[5:6]), stored[5:6], atol=1e-6)
+
+
+def test_training_resumes_from_its_checkpoint_bit_for_bit(store, monkeypatch):
+    import st.train as train_mod
+
+    path, _ = store
+    s = Store(path)
+    rows = np.arange(s.rows)
+    opts = TrainOptions(k=4, epochs=7, checkpoint_every=2, seed=1)
+    whole, whole_losses = train(s, rows, TrainOptions(**{**opts.__dict__, "checkpoint_every": 0}))
+
+    real, calls = train_mod.save_checkpoint, []
+
+    def interrupt_after_second(*args, **kwargs):
+        real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", interrupt_after_second)
+    with pytest.raises(KeyboardInterrupt):
+        train(s, rows, opts)
+    monkeypatch.setattr(train_mod, "save_checkpoint", real)
+    checkpoint = train_mod.checkpoint_path(s, whole.id)
+    assert checkpoint.is_file() and whole.id == train_mod.model_id(train_mod.resolved(opts), s, rows)
+    resumed, losses = train(s, rows, opts)
+    assert losses == whole_losses
+    for (name, x), (_, y) in zip(whole.model.state_dict().items(), resumed.model.state_dict().items(), strict=True):
+        assert torch.equal(x, y), name
+    # A damaged checkpoint is set aside, and training starts over to the same result.
+    checkpoint.write_bytes(b"\x00 not a checkpoint")
+    again, _ = train(s, rows, opts)
+    assert torch.equal(again.model.beta, whole.model.beta)
+    # `st train` removes the checkpoint once the model is saved.
+    assert (
+        run_train("-k", "4", "--store", str(path), "--epochs", "7", "--checkpoint-every", "2", "--seed", "1").exit_code
+        == 0
+    )
+    assert not checkpoint.exists()
