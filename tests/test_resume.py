@@ -213,3 +213,100 @@ def test_reliability_two_runs_share_a_cache_at_once(tiny_model, tmp_path, cache_
     db = sqlite3.connect(cache_dir / "lm-cache.sqlite")
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert db.execute("SELECT count(*) FROM entries").fetchone()[0] == 1200
+
+
+# Code run in a child `st softlabel` that SIGKILLs itself at one precise point of the work. The
+# points cover every kind of write: mid-batch in the LM, mid-transaction in the cache, between
+# two arrays of one store chunk, after a chunk before its records are printed, and just before
+# the store is marked complete.
+KILLER = """
+import os, signal, sys
+from st import cache, lm, store
+point, n = sys.argv.pop(1), int(sys.argv.pop(1))
+calls = {"n": 0}
+def hit():
+    calls["n"] += 1
+    return calls["n"] == n
+def die():
+    os.kill(os.getpid(), signal.SIGKILL)
+if point == "lm":
+    real_forward = lm.LM._forward
+    def forward(self, batch, prefix=None):
+        if hit():
+            die()
+        return real_forward(self, batch, prefix)
+    lm.LM._forward = forward
+elif point == "cache":
+    real_put = cache.Cache.put_many
+    def put_many(self, entries):
+        if hit():
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT OR IGNORE INTO entries VALUES (?, ?)",
+                                 [(k, v.tobytes()) for k, v in entries.items()])
+            die()
+        return real_put(self, entries)
+    cache.Cache.put_many = put_many
+elif point in ("store-array", "store-chunk"):
+    real_append = store.StoreWriter.append
+    def append(self, ids, records, hidden, logits=None, bow=None):
+        if hit():
+            if point == "store-array":
+                self.group["ids"].append(__import__("numpy").asarray(ids, dtype=object))
+                self.group["hidden"].append(hidden)
+                die()
+            real_append(self, ids, records, hidden, logits, bow)
+            die()
+        return real_append(self, ids, records, hidden, logits, bow)
+    store.StoreWriter.append = append
+elif point == "finish":
+    def finish(self):
+        die()
+    store.StoreWriter.finish = finish
+from st.cli import main
+sys.argv[0] = "st"
+main()
+"""
+
+
+@pytest.fixture(scope="module")
+def kill_reference(tiny_model, models_cache, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("kill")
+    src = corpus(tmp, n=1500)
+    (tmp / "c").mkdir()
+    (tmp / "c" / "models").symlink_to(models_cache / "models")
+    args = ["softlabel", str(src), "--model", str(tiny_model), "--dtype", "float32", "--batch-tokens", "256"]
+    r = subprocess.run(
+        [st_exe(), *args, "-o", str(tmp / "ref.zarr"), "--cache-dir", str(tmp / "c")],
+        capture_output=True,
+        env=st_env(tmp / "c"),
+    )
+    assert r.returncode == 0, r.stderr
+    return src, args, tmp / "ref.zarr", r.stdout
+
+
+@pytest.mark.parametrize(
+    "point,n",
+    [("lm", 12), ("cache", 20), ("store-array", 2), ("store-chunk", 1), ("finish", 1), ("lm", 3)],
+)
+def test_reliability_sigkill_at_every_kind_of_write(point, n, kill_reference, tmp_path, models_cache):
+    import sqlite3
+    import sys
+
+    src, args, ref, ref_out = kill_reference
+    cache = tmp_path / "c"
+    cache.mkdir()
+    (cache / "models").symlink_to(models_cache / "models")
+    run = [*args, "-o", str(tmp_path / "run.zarr"), "--cache-dir", str(cache)]
+    killed = subprocess.run([sys.executable, "-c", KILLER, point, str(n), *run], capture_output=True, env=st_env(cache))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    with sqlite3.connect(cache / "lm-cache.sqlite") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        finished = db.execute("SELECT count(*) FROM entries").fetchone()[0]
+    assert finished > 0 or point == "lm"
+    again = subprocess.run([st_exe(), *run], capture_output=True, env=st_env(cache))
+    assert again.returncode == 0, again.stderr
+    through, cached = map(int, re.search(rb"\((\d+) through the LM, (\d+) from the cache\)", again.stderr).groups())
+    # Every finished batch was kept, and only the rest went through the LM.
+    assert cached == finished and through == 1500 - finished
+    assert tree_bytes(tmp_path / "run.zarr") == tree_bytes(ref)
+    assert again.stdout.replace(str(tmp_path / "run.zarr").encode(), b"S") == ref_out.replace(str(ref).encode(), b"S")

@@ -1,0 +1,162 @@
+"""`make quality`: DSL against the classic topic models, side by side, on the shared labelled corpora.
+
+For each corpus (a fixed, label-stratified subset of up to --docs documents), the embedded LM
+encodes the documents once (`st softlabel`, through the shared cache), then for each K and seed
+every model is trained with `st train` on the same store, vocabulary and documents and measured
+with `st eval`. The table (mean ± std over seeds) goes to --out and, between the quality markers,
+into the README. Finished runs are kept in WORK/results.jsonl, so an interrupted run resumes.
+
+Usage: python bench/quality.py [--docs 6000] [--k 20 50] [--seeds 0 1 2] [--models dsl,prodlda,ctm,lda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+CORPORA = {"stackoverflow": "StackOverflow titles", "tweet_topic": "TweetTopic"}
+METRICS = ["npmi", "cv", "td", "purity", "nmi", "p@10"]
+
+# name: (label in the table, `st train` flags)
+MODELS: dict[str, tuple[str, list[str]]] = {
+    "dsl": ("DSL-ProdLDA (st default)", []),
+    "dsl-etm": ("DSL-ETM", ["--backbone", "etm"]),
+    "dsl-ecrtm": ("DSL-ECRTM", ["--backbone", "ecrtm"]),
+    "dsl-fastopic": ("DSL-FASTopic", ["--backbone", "fastopic"]),
+    "prodlda": ("ProdLDA (bag of words)", ["--target", "bow", "--input", "bow"]),
+    "ctm": ("Contextual BoW (CombinedTM-like)", ["--target", "bow", "--input", "hidden"]),
+    "lda": ("LDA (gensim)", ["--backbone", "lda"]),
+}
+
+
+def st(*args: str, stdin: bytes | None = None) -> bytes:
+    exe = Path(sys.executable).with_name("st")
+    r = subprocess.run([str(exe), *args], input=stdin, capture_output=True)
+    if r.returncode != 0:
+        sys.exit(f"st {' '.join(args)} failed:\n{r.stderr.decode()}")
+    return r.stdout
+
+
+def stratified(name: str, n: int) -> list[bytes]:
+    """Up to n documents, an equal share per label where the labels allow (file order within a label)."""
+    lines = (DATA / f"{name}.jsonl").read_bytes().splitlines()
+    by_label: dict[str, list[bytes]] = collections.defaultdict(list)
+    for line in lines:
+        by_label[orjson.loads(line)["label"]].append(line)
+    if len(lines) <= n:
+        return lines
+    cap, chosen = 0, 0
+    while chosen < n:  # raise the per-label cap until n documents fit
+        cap += 1
+        chosen = sum(min(cap, len(v)) for v in by_label.values())
+    keep = {id(line) for v in by_label.values() for line in v[:cap]}
+    return [line for line in lines if id(line) in keep][:n]
+
+
+def encode(name: str, n: int, work: Path) -> Path:
+    store = work / f"{name}.zarr"
+    docs = work / f"{name}.jsonl"
+    docs.write_bytes(b"\n".join(stratified(name, n)) + b"\n")
+    t = time.perf_counter()
+    st("softlabel", str(docs), "-o", str(store), "--force")
+    print(f"{name}: encoded in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+    return store
+
+
+def run_one(store: Path, model: str, k: int, seed: int, work: Path, epochs: int | None) -> dict:
+    folder = work / "models" / f"{store.stem}-{model}-k{k}-s{seed}"
+    flags = MODELS[model][1] + (["--epochs", str(epochs)] if epochs and model != "lda" else [])
+    t = time.perf_counter()
+    st("train", "-q", "--store", str(store), "-k", str(k), "--seed", str(seed), "-o", str(folder), *flags)
+    seconds = time.perf_counter() - t
+    result = orjson.loads(st("eval", "-q", "--store", str(store), "-m", str(folder)).splitlines()[0])
+    return {**result, "train_s": seconds}
+
+
+def table(results: list[dict], corpora: list[str], ks: list[int], models: list[str], docs: dict[str, int]) -> str:
+    out = []
+    for corpus in corpora:
+        for k in ks:
+            out.append(f"\n**{CORPORA[corpus]}** ({docs[corpus]:,} documents), K = {k}\n")
+            out.append("| model | " + " | ".join(m.upper() if m != "p@10" else "P@10" for m in METRICS) + " |")
+            out.append("|---" * (len(METRICS) + 1) + "|")
+            for model in models:
+                rows = [r for r in results if (r["corpus"], r["k"], r["name"]) == (corpus, k, model)]
+                if not rows:
+                    continue
+                cells = []
+                for m in METRICS:
+                    v = np.array([r[m] for r in rows], dtype=float)
+                    cells.append(f"{v.mean():.3f} ± {v.std():.3f}")
+                out.append(f"| {MODELS[model][0]} | " + " | ".join(cells) + " |")
+    return "\n".join(out).lstrip("\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--docs", type=int, default=6000)
+    ap.add_argument("--k", type=int, nargs="+", default=[20, 50])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--corpora", default=",".join(CORPORA))
+    ap.add_argument("--epochs", type=int, default=None, help="Override the training epochs (quick runs).")
+    ap.add_argument("--work", default=str(ROOT / "bench" / "quality-work"))
+    ap.add_argument("--out", default=str(ROOT / "bench" / "quality.md"))
+    ap.add_argument("--readme", default=None)
+    args = ap.parse_args()
+    models = args.models.split(",")
+    corpora = args.corpora.split(",")
+    unknown = [m for m in models if m not in MODELS] + [c for c in corpora if c not in CORPORA]
+    if unknown:
+        sys.exit(f"unknown model or corpus: {', '.join(unknown)}")
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    done_file = work / "results.jsonl"
+    results = [orjson.loads(x) for x in done_file.read_bytes().splitlines()] if done_file.exists() else []
+    config = {"docs": args.docs, "epochs": args.epochs}
+    results = [r for r in results if r.get("config") == config]
+    docs = {}
+    for corpus in corpora:
+        store = encode(corpus, args.docs, work)
+        docs[corpus] = len((work / f"{corpus}.jsonl").read_bytes().splitlines())
+        for k in args.k:
+            for seed in args.seeds:
+                for model in models:
+                    if any((r["corpus"], r["k"], r["seed"], r["name"]) == (corpus, k, seed, model) for r in results):
+                        continue
+                    r = run_one(store, model, k, seed, work, args.epochs)
+                    r.update(corpus=corpus, k=k, seed=seed, name=model, config=config)
+                    results.append(r)
+                    with open(done_file, "ab") as f:
+                        f.write(orjson.dumps(r) + b"\n")
+                    summary = " ".join(f"{m}={r[m]:.3f}" for m in METRICS)
+                    print(f"{corpus} K={k} seed={seed} {model}: {summary} ({r['train_s']:.0f} s)", file=sys.stderr)
+    text = table(results, corpora, args.k, models, docs)
+    head = (
+        f"`make quality` ({time.strftime('%Y-%m-%d')}, embedded SmolLM2-135M-Instruct, τ = 3, "
+        f"seeds {', '.join(map(str, args.seeds))}; mean ± std over seeds; NPMI and C_V on the corpus itself, "
+        "top 10 words; TD on the top 25 words; P@10 by KL between θ):\n"
+    )
+    Path(args.out).write_text(head + "\n" + text + "\n")
+    print(head + "\n" + text)
+    if args.readme:
+        readme = Path(args.readme)
+        body = readme.read_text()
+        pattern = re.compile(r"(<!-- quality:start -->\n).*?(<!-- quality:end -->)", re.S)
+        if not pattern.search(body):
+            sys.exit("README has no <!-- quality:start --> / <!-- quality:end --> markers")
+        readme.write_text(pattern.sub(lambda m: m.group(1) + head + "\n" + text + "\n" + m.group(2), body))
+
+
+if __name__ == "__main__":
+    main()
