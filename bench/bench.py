@@ -55,6 +55,7 @@ def naive(lm: LM, texts: list[str]) -> None:
 def side_by_side(lm: LM, texts: list[str]) -> dict[str, float]:
     tokens = sum(len(t) for t in lm.tokenize_prompts(texts, Prompt(), 512))
     times = {"st": 0.0, "naive": 0.0}
+    computed = lm.tokens_computed
     with tempfile.TemporaryDirectory() as cache_dir:
         cache = Cache(Path(cache_dir))
         for start in range(0, len(texts), BLOCK):
@@ -66,6 +67,7 @@ def side_by_side(lm: LM, texts: list[str]) -> dict[str, float]:
             naive(lm, block)
             times["naive"] += time.perf_counter() - t
             print(f"  {start + len(block)}/{len(texts)} docs", file=sys.stderr)
+        computed = lm.tokens_computed - computed
         t = time.perf_counter()
         before = lm.documents_computed
         for start in range(0, len(texts), BLOCK):
@@ -82,10 +84,46 @@ def side_by_side(lm: LM, texts: list[str]) -> dict[str, float]:
         "naive_tok_s": tokens / times["naive"],
         "ratio": times["naive"] / times["st"],
         "cached_s": cached,
+        "st_s": times["st"],
+        "computed_tokens": computed,
+        "flops": lm_flops(lm, computed, n),
     }
 
 
-def peak_rss_mb(corpus: str, n: int) -> float:
+def lm_flops(lm: LM, tokens: int, docs: int, vocab: int = 2000) -> float:
+    """The LM stage's work: 2 x non-embedding parameters per computed token, the attention terms
+    (each token against the whole prompt, an upper bound), and one head row per vocabulary word."""
+    body = sum(p.numel() for name, p in lm.body.named_parameters() if "embed" not in name)
+    cfg = lm.model.config
+    context = tokens / max(docs, 1) + 17  # the reused instruction prefix is attended to as well
+    attention = 4 * cfg.num_hidden_layers * cfg.hidden_size * context * tokens
+    return 2 * body * tokens + attention + 2 * cfg.hidden_size * vocab * docs
+
+
+def matmul_limit(lm: LM, tokens: int = 1024, repeats: int = 20) -> float:
+    """FLOP/s of this machine's matrix multiplies at the model's own layer shapes (a batch of
+    `tokens` tokens through q, k, v, o and the MLP's three projections), in the dtype in use."""
+    cfg = lm.model.config
+    h, m = cfg.hidden_size, cfg.intermediate_size
+    kv = h * cfg.num_key_value_heads // cfg.num_attention_heads
+    shapes = [(h, h), (h, kv), (h, kv), (h, h), (h, m), (h, m), (m, h)]
+    x = {i: torch.randn(tokens, i, dtype=lm.dtype) for i in {h, m}}
+    weights = [torch.randn(o, i, dtype=lm.dtype) for i, o in shapes]
+    flops = sum(2 * tokens * i * o for i, o in shapes)
+    with torch.inference_mode():
+        for _ in range(3):
+            for w, (i, _o) in zip(weights, shapes, strict=True):
+                torch.nn.functional.linear(x[i], w)
+        best = float("inf")
+        for _ in range(repeats):
+            t = time.perf_counter()
+            for w, (i, _o) in zip(weights, shapes, strict=True):
+                torch.nn.functional.linear(x[i], w)
+            best = min(best, time.perf_counter() - t)
+    return flops / best
+
+
+def peak_rss_mb(corpus: str, n: int, model: Path | None = None) -> float:
     """Peak resident memory of `st softlabel` over n documents, as its own process."""
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "docs.jsonl"
@@ -100,6 +138,8 @@ def peak_rss_mb(corpus: str, n: int) -> float:
         if models.is_dir():
             (Path(tmp) / "cache" / "models").symlink_to(models)
         cmd = [sys.executable, "-m", "st", "softlabel", str(src), "-o", str(Path(tmp) / "s.zarr"), "-q"]
+        if model is not None:
+            cmd += ["--model", str(model)]
         code = (
             "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
@@ -219,23 +259,43 @@ def main() -> None:
     retrieval = retrieval_rates()
     mem_docs = min(args.docs, 500)
     mem_small = peak_rss_mb("stackoverflow", mem_docs)
+    limit = matmul_limit(lm)
+    with tempfile.TemporaryDirectory() as tmp:
+        # st's own memory, isolated from the LM's: a tiny random model with the embedded tokenizer.
+        from st.lm import local_folder, resolve
+        from st.testing import random_llama
+
+        tiny = random_llama(Path(tmp) / "tiny", local_folder(resolve(None), lm.cache_dir))
+        mem_scaling = {n: peak_rss_mb("stackoverflow", n, tiny) for n in (2_000, 20_000)}
     rates = dtype_rates(load("stackoverflow", 64))
 
     lines = [
         f"LM stage, embedded {lm.source.name.removeprefix('embedded:')} on CPU ({torch.get_num_threads()} threads, "
         f"{lm.identity['dtype']}), {args.docs} documents per corpus, st and naive side by side in one run:",
         "",
-        "| corpus | prompt tokens | st docs/s | st tokens/s | naive docs/s | naive tokens/s | ratio | cached re-run |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| corpus | prompt tokens | st docs/s | st tokens/s | naive docs/s | naive tokens/s | ratio | cached re-run "
+        "| tokens computed | GFLOP/s | of the matmul limit |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for corpus, r in rows:
+        rate = r["flops"] / r["st_s"]
         lines.append(
             f"| {corpus} | {r['tokens']} | {r['st_docs_s']:.1f} | {r['st_tok_s']:.0f} | {r['naive_docs_s']:.1f} | "
-            f"{r['naive_tok_s']:.0f} | {r['ratio']:.2f}x | {r['cached_s']:.2f} s |"
+            f"{r['naive_tok_s']:.0f} | {r['ratio']:.2f}x | {r['cached_s']:.2f} s | {r['computed_tokens']} | "
+            f"{rate / 1e9:.1f} | {rate / limit:.0%} |"
         )
     lines += [
         "",
-        f"Peak RSS of `st softlabel` on {mem_docs} stackoverflow documents (a fresh cache): {mem_small:.0f} MB.",
+        f"Matrix-multiply limit of this machine at the model's layer shapes (1,024 tokens x hidden "
+        f"{lm.model.config.hidden_size} x MLP {lm.model.config.intermediate_size}, {lm.identity['dtype']}): "
+        f"{limit / 1e9:.1f} GFLOP/s. The LM's work counts 2 x non-embedding parameters per computed token (the "
+        "reused instruction prefix and padding are not computed), attention against the whole prompt, and one "
+        "output-head row per vocabulary word.",
+        "",
+        f"Peak RSS of `st softlabel` on {mem_docs} stackoverflow documents (a fresh cache): {mem_small:.0f} MB. "
+        f"With a tiny random model (st's own memory, without the LM's): {mem_scaling[2_000]:.0f} MB for 2,000 "
+        f"documents, {mem_scaling[20_000]:.0f} MB for 20,000: ratio {mem_scaling[20_000] / mem_scaling[2_000]:.2f} "
+        "(target < 2).",
         "",
         f"dtype on this CPU (AMX/AVX-512 BF16: {'yes' if cpu_has_fast_bf16() else 'no'}): float32 "
         f"{rates['float32']:.1f} docs/s, bfloat16 {rates['bfloat16']:.1f} docs/s; bfloat16 changes logits by up to "

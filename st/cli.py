@@ -764,7 +764,7 @@ def eval_command(
                 f"the store has no θ for model {model.id}; train the model on this store first (`st train --store`)",
                 store_path,
             )
-        theta = np.asarray(store.group[key][: store.rows], dtype=np.float64)
+        theta = store.array(key).astype(np.float64)
         topics = [t["words"] for t in model.topics(max(top_words, 25))]
         row: dict[str, Any] = {"model": model.id, "k": int(theta.shape[1]), "documents": int(store.rows)}
         with console.progress(f"st eval {model.id}", total=len(wanted), unit="metrics") as bar:
@@ -892,9 +892,9 @@ def search(
     key = f"theta/{model.id}"
     if key not in store:
         raise InputError(f"the store has no θ for model {model.id}; train the model on this store first", store_path)
-    theta = np.asarray(store.group[key][: store.rows], dtype=np.float32)
+    theta = store.array(key).astype(np.float32)
     log_key = f"log_theta/{model.id}"
-    log_t = np.asarray(store.group[log_key][: store.rows]) if log_key in store else None
+    log_t = store.array(log_key) if log_key in store else None
     if topic is not None:
         if topic >= theta.shape[1]:
             raise click.BadParameter(f"the model has topics 0 to {theta.shape[1] - 1}", param_hint="--topic")

@@ -46,7 +46,9 @@ class _Bar:
 @contextmanager
 def progress(description: str, total: int | None = None, unit: str = "docs") -> Iterator[_Bar]:
     """A progress bar on stderr; it never touches sys.stdout (stdout carries data only)."""
-    if _state["quiet"]:
+    # Off a terminal (a log file, a CI job) rich could only draw the bar once, at the end; the
+    # closing summary line says as much, and an error stays the one line it is.
+    if _state["quiet"] or not err.is_terminal:
         yield _Bar(None, None)
         return
     columns = [
@@ -61,5 +63,5 @@ def progress(description: str, total: int | None = None, unit: str = "docs") -> 
 
 
 def status(message: str) -> AbstractContextManager[object]:
-    """A spinner on stderr for work without a count (nothing with -q)."""
-    return nullcontext() if _state["quiet"] else err.status(message, spinner="dots")
+    """A spinner on stderr for work without a count (nothing with -q or off a terminal)."""
+    return nullcontext() if _state["quiet"] or not err.is_terminal else err.status(message, spinner="dots")

@@ -300,6 +300,7 @@ class LM:
         # does something after its head (soft-capping, scaling): then logits are cached per vocabulary.
         self.head_is_exact = self._check_head()
         self.documents_computed = 0  # documents that went through the LM (cache misses)
+        self.tokens_computed = 0  # their prompt tokens actually computed (not the reused prefix, not padding)
         self._prefixes: dict[Prompt, PrefixCache | None] = {}
         import inspect
 
@@ -456,6 +457,7 @@ class LM:
                 h = self._forward(batch, prefix if prefixed else None)
                 batch = Batch(rows_in_missing, batch.input_ids, batch.attention_mask, batch.position_ids)
                 self.documents_computed += len(batch.rows)
+                self.tokens_computed += int(batch.attention_mask.sum())
                 entries = {keys[missing[r]]: v for r, v in zip(batch.rows, h.float().cpu().numpy(), strict=True)}
                 found.update(entries)
                 if logit_keys:

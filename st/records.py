@@ -7,6 +7,7 @@ A document record is one JSON object per line with a `text` (the field can be re
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +18,13 @@ import orjson
 from st.errors import InputError
 
 BOM = b"\xef\xbb\xbf"
+# A longer line is almost surely not one document (a file without line breaks, a binary): refuse it
+# before it is held in memory, decoded, parsed and tokenized.
+MAX_LINE_BYTES = 16 << 20
+
+
+def max_line_bytes() -> int:
+    return int(os.environ.get("ST_MAX_LINE_BYTES") or MAX_LINE_BYTES)
 
 
 @dataclass
@@ -45,8 +53,18 @@ def iter_lines(path: str, name: str | None = None) -> Iterator[tuple[int, str]]:
     `name` is what error messages call the input (stdin spooled to a file is still <stdin>)."""
     name = name or source_name(path)
     f = open_binary(path)
+    limit = max_line_bytes()
     try:
-        for number, raw in enumerate(f, start=1):
+        number = 0
+        while raw := f.readline(limit + 1):
+            number += 1
+            if len(raw) > limit:
+                raise InputError(
+                    f"line longer than {limit:,} bytes; one line must hold one document "
+                    "(split the input, or raise the limit with ST_MAX_LINE_BYTES)",
+                    name,
+                    number,
+                )
             if number == 1 and raw.startswith(BOM):
                 raw = raw[len(BOM) :]
             try:

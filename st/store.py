@@ -160,11 +160,17 @@ class Store:
         if name not in self:
             raise InputError(f"the store has no {name!r} array", str(self.path))
         try:
-            return np.asarray(self.group[name][: self.rows] if name != "vocab" else self.group[name][:])
+            values = np.asarray(self.group[name][: self.rows] if name != "vocab" else self.group[name][:])
         except Exception as e:  # noqa: BLE001
             raise InputError(
                 f"damaged {name!r} array ({type(e).__name__}); re-create the store", str(self.path)
             ) from None
+        if values.dtype.kind == "f":
+            bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+            if bad.any():
+                remedy = "train the model again" if "theta" in name else "re-create the store with `st softlabel`"
+                raise InputError(f"row {int(np.argmax(bad))} of {name!r} holds NaN or Inf; {remedy}", str(self.path))
+        return values
 
     def vocab(self) -> list[str]:
         return [str(w) for w in self.array("vocab")]

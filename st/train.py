@@ -136,13 +136,6 @@ def targets(store: Store, opts: TrainOptions) -> tuple[np.ndarray, float]:
     return soft_label(store.array("logits"), tau, opts.topk, opts.sparsity), tau
 
 
-def check_finite(store: Store, name: str, values: np.ndarray) -> None:
-    bad = ~np.isfinite(values).all(axis=1)
-    if bad.any():
-        row = int(np.argmax(bad))
-        raise InputError(f"row {row} of {name!r} holds NaN or Inf; re-create the store", str(store.path))
-
-
 # --- training -----------------------------------------------------------------------------------
 
 
@@ -182,8 +175,6 @@ def train(store: Store, rows: np.ndarray, opts: TrainOptions) -> tuple[TopicMode
         raise InputError("at least 2 documents are needed to train", str(store.path))
     x_all = model_inputs(store, opts.input)
     y_all, tau = targets(store, opts)
-    check_finite(store, opts.input, x_all)
-    check_finite(store, "logits" if opts.target == "softlabel" else "bow", y_all)
     x, y = torch.from_numpy(x_all[rows]), torch.from_numpy(y_all[rows])
     config = TopicConfig(
         input_size=x.shape[1],

@@ -36,33 +36,9 @@ def embedded_folder(models_cache: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory, embedded_folder: Path) -> Path:
     """A randomly initialised 2-layer Llama with the embedded tokenizer, saved as a local folder."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from st.testing import random_llama
 
-    tokenizer = AutoTokenizer.from_pretrained(embedded_folder)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        tie_word_embeddings=True,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():  # larger weights than the default init, so documents differ visibly
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.normal_(0, 0.2)
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return random_llama(tmp_path_factory.mktemp("tiny-llama"), embedded_folder)
 
 
 @pytest.fixture

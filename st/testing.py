@@ -1,0 +1,57 @@
+"""Randomly initialised LMs of any size, built with transformers from a config (no download), for
+tests, benchmarks and the GPU script. They share a real tokenizer, so they read real text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+# Llama-architecture shapes. "1b" is the Llama-3.2-1B configuration.
+SHAPES: dict[str, dict[str, Any]] = {
+    "tiny": dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
+    ),
+    "1b": dict(
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        rope_theta=500000.0,
+    ),
+}
+
+
+def random_llama(
+    folder: Path,
+    tokenizer_folder: Path,
+    shape: str = "tiny",
+    std: float | None = 0.2,
+    seed: int = 0,
+    dtype: str = "float32",
+) -> Path:
+    """Save a random Llama with `tokenizer_folder`'s tokenizer in `folder`. `std` widens the init
+    of the tiny shape so that documents differ visibly; None keeps transformers' own init."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        **SHAPES[shape],
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).to(getattr(torch, dtype))
+    if std is not None:
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() > 1:
+                    p.normal_(0, std)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
