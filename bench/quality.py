@@ -30,6 +30,8 @@ METRICS = ["npmi", "cv", "td", "purity", "nmi", "p@10"]
 # name: (label in the table, `st train` flags)
 MODELS: dict[str, tuple[str, list[str]]] = {
     "dsl": ("DSL-ProdLDA (st default)", []),
+    "dsl-dec1": ("DSL-ProdLDA, decoder τ = 1", ["--decoder-temperature", "1"]),
+    "dsl-bow": ("DSL-ProdLDA, target + 0.3 bag of words", ["--bow-weight", "0.3"]),
     "dsl-etm": ("DSL-ETM", ["--backbone", "etm"]),
     "dsl-ecrtm": ("DSL-ECRTM", ["--backbone", "ecrtm"]),
     "dsl-fastopic": ("DSL-FASTopic", ["--backbone", "fastopic"]),

@@ -485,6 +485,13 @@ def _training_rows(input: str | None, store_path: str | None) -> tuple[Any, Any,
     help="Drop this share of each target's smallest entries.",
 )
 @click.option(
+    "--bow-weight",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Mix this share of the document's own normalised bag of words into the soft-label target.",
+)
+@click.option(
     "--lambda",
     "lam",
     default=None,
@@ -528,6 +535,7 @@ def train(
     decoder_temperature: float | None,
     topk: int | None,
     sparsity: float | None,
+    bow_weight: float,
     lam: float | None,
     loss: str,
     lr: float,
@@ -564,6 +572,7 @@ def train(
         decoder_temperature=decoder_temperature,
         topk=topk,
         sparsity=sparsity,
+        bow_weight=bow_weight,
         lam=lam,
         loss=loss,
         lr=lr,

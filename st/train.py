@@ -42,6 +42,7 @@ class TrainOptions:
     decoder_temperature: float | None = None  # None: the target's τ
     topk: int | None = None
     sparsity: float | None = None
+    bow_weight: float = 0.0  # the target's share of the document's own normalised bag of words
     lam: float | None = None  # None: 1000 for the VAE backbones, FASTOPIC_LAMBDA for fastopic
     loss: str = "kl"
     lr: float = 2e-3
@@ -123,17 +124,28 @@ def model_inputs(store: Store, kind: str) -> np.ndarray:
     return store.bow().toarray().astype(np.float32)
 
 
+def normalized_bow(store: Store) -> np.ndarray:
+    bow = store.bow().toarray().astype(np.float64)
+    total = bow.sum(axis=1, keepdims=True)
+    return bow / np.where(total == 0, 1, total)
+
+
 def targets(store: Store, opts: TrainOptions) -> tuple[np.ndarray, float]:
     if opts.target == "bow":
-        bow = store.bow().toarray().astype(np.float64)
-        total = bow.sum(axis=1, keepdims=True)
-        return (bow / np.where(total == 0, 1, total)).astype(np.float32), 1.0
+        return normalized_bow(store).astype(np.float32), 1.0
     if "logits" not in store:
         raise InputError("the store has no soft labels (no 'logits'); make it with `st softlabel`", str(store.path))
     tau = opts.temperature if opts.temperature is not None else float(store.attrs.get("temperature", 3.0))
     if opts.topk is not None and opts.topk > store.array("vocab").shape[0]:
         raise InputError(f"--topk {opts.topk} is larger than the vocabulary ({len(store.vocab())} words)")
-    return soft_label(store.array("logits"), tau, opts.topk, opts.sparsity), tau
+    target = soft_label(store.array("logits"), tau, opts.topk, opts.sparsity)
+    if opts.bow_weight > 0:
+        # Anchor the LM's guess in the words the document actually has; a document without a
+        # vocabulary word keeps its soft label whole.
+        bow = normalized_bow(store)
+        weight = np.where(bow.sum(axis=1, keepdims=True) > 0, opts.bow_weight, 0.0)
+        target = ((1 - weight) * target + weight * bow).astype(np.float32)
+    return target, tau
 
 
 # --- training -----------------------------------------------------------------------------------

@@ -384,3 +384,21 @@ def test_training_resumes_from_its_checkpoint_bit_for_bit(store, monkeypatch):
         == 0
     )
     assert not checkpoint.exists()
+
+
+def test_bow_weight_mixes_the_documents_own_words_into_the_target(store):
+    from st.train import targets
+
+    path, _ = store
+    s = Store(path)
+    mixed, tau = targets(s, TrainOptions(bow_weight=0.25))
+    logits = np.asarray(s.group["logits"][:], dtype=np.float64) / tau
+    soft = np.exp(logits - logits.max(1, keepdims=True))
+    soft /= soft.sum(1, keepdims=True)
+    indptr, indices, data = (np.asarray(s.group[f"bow/{n}"][:]) for n in ("indptr", "indices", "data"))
+    for row in range(s.rows):
+        counts = np.zeros(len(s.vocab()))
+        np.add.at(counts, indices[indptr[row] : indptr[row + 1]], data[indptr[row] : indptr[row + 1]])
+        expected = soft[row] if counts.sum() == 0 else 0.75 * soft[row] + 0.25 * counts / counts.sum()
+        np.testing.assert_allclose(mixed[row], expected, atol=1e-6)
+    np.testing.assert_allclose(mixed.sum(1), 1, atol=1e-5)
