@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 OUT := out
 
-.PHONY: demo test lint bench completions clean
+.PHONY: demo test lint bench quality completions clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ lint: $(BIN)/.installed
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/bench.py --docs $${BENCH_DOCS:-2000} --out bench/results.md --readme README.md
+
+# DSL against the classic topic models on ../shared/data (about an hour on 2 CPU cores; resumable).
+quality: $(BIN)/.installed
+	$(BIN)/python bench/quality.py --docs $${QUALITY_DOCS:-6000} --out bench/quality.md --readme README.md
 
 completions: $(BIN)/.installed
 	for shell in bash zsh fish; do $(BIN)/st completion $$shell > completions/st.$$shell; done
