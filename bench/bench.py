@@ -107,18 +107,24 @@ def matmul_limit(lm: LM, tokens: int = 1024, repeats: int = 20) -> float:
     h, m = cfg.hidden_size, cfg.intermediate_size
     kv = h * cfg.num_key_value_heads // cfg.num_attention_heads
     shapes = [(h, h), (h, kv), (h, kv), (h, h), (h, m), (h, m), (m, h)]
-    x = {i: torch.randn(tokens, i, dtype=lm.dtype) for i in {h, m}}
-    weights = [torch.randn(o, i, dtype=lm.dtype) for i, o in shapes]
+    device = lm.device
+    x = {i: torch.randn(tokens, i, dtype=lm.dtype, device=device) for i in {h, m}}
+    weights = [torch.randn(o, i, dtype=lm.dtype, device=device) for i, o in shapes]
     flops = sum(2 * tokens * i * o for i, o in shapes)
+
+    def once() -> None:
+        for w, (i, _o) in zip(weights, shapes, strict=True):
+            torch.nn.functional.linear(x[i], w)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
     with torch.inference_mode():
         for _ in range(3):
-            for w, (i, _o) in zip(weights, shapes, strict=True):
-                torch.nn.functional.linear(x[i], w)
+            once()
         best = float("inf")
         for _ in range(repeats):
             t = time.perf_counter()
-            for w, (i, _o) in zip(weights, shapes, strict=True):
-                torch.nn.functional.linear(x[i], w)
+            once()
             best = min(best, time.perf_counter() - t)
     return flops / best
 

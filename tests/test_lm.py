@@ -188,3 +188,18 @@ def test_shared_prefix_is_computed_once_and_changes_nothing(tiny_model, embedded
             split[b.rows] = lm._forward(b, prefix).numpy()
         np.testing.assert_allclose(split, whole, atol=1e-4, rtol=0)
         assert np.abs(whole).max() > 0.1
+
+
+def test_gpu_benchmark_script_runs_on_cpu(models_cache):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "ST_CACHE_DIR": str(models_cache)}
+    args = ["--device", "cpu", "--dtype", "float32", "--shapes", "tiny", "--docs", "80"]
+    r = subprocess.run([sys.executable, str(root / "bench" / "gpu.py"), *args], capture_output=True, env=env)
+    assert r.returncode == 0, r.stderr.decode()
+    rows = [line for line in r.stdout.decode().splitlines() if line.startswith("| tiny |")]
+    assert len(rows) == 2 and all(float(row.split("|")[3]) > 0 for row in rows)
