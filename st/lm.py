@@ -184,6 +184,25 @@ def load_tokenizer(source: ModelSource, cache_dir: Path, trust_remote_code: bool
 # --- the loaded model -----------------------------------------------------------------------
 
 
+def available_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The cores this process may run on: its CPU affinity, capped by a cgroup CPU quota (a
+    container's `--cpus`), which os.cpu_count() and torch's default both ignore."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
+
+
+def set_threads(device: torch.device) -> None:
+    """One compute thread per available core on CPU, unless the user chose (OMP_NUM_THREADS)."""
+    if device.type == "cpu" and not os.environ.get("OMP_NUM_THREADS"):
+        torch.set_num_threads(available_cores())
+
+
 def pick_device(device: str) -> torch.device:
     if device == "auto":
         if torch.cuda.is_available():
@@ -279,6 +298,7 @@ class LM:
         self.cache_dir = cache_dir or default_cache_dir()
         self.source = resolve(model)
         self.device = pick_device(device)
+        set_threads(self.device)
         self.dtype = pick_dtype(dtype, self.device)
         folder = local_folder(self.source, self.cache_dir)
         self.tokenizer = load_tokenizer(self.source, self.cache_dir, trust_remote_code)

@@ -203,3 +203,16 @@ def test_gpu_benchmark_script_runs_on_cpu(models_cache):
     assert r.returncode == 0, r.stderr.decode()
     rows = [line for line in r.stdout.decode().splitlines() if line.startswith("| tiny |")]
     assert len(rows) == 2 and all(float(row.split("|")[3]) > 0 for row in rows)
+
+
+def test_available_cores_honours_affinity_and_a_cgroup_quota(tmp_path):
+    import os
+
+    from st.lm import available_cores
+
+    affinity = len(os.sched_getaffinity(0))
+    assert available_cores(tmp_path / "missing") == affinity
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert available_cores(tmp_path / "cpu.max") == affinity
+    (tmp_path / "cpu.max").write_text("50000 100000\n")  # half a core: still one thread
+    assert available_cores(tmp_path / "cpu.max") == 1
