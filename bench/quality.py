@@ -139,28 +139,42 @@ def main() -> None:
     results = [orjson.loads(x) for x in done_file.read_bytes().splitlines()] if done_file.exists() else []
     config = {"docs": args.docs, "epochs": args.epochs}
     results = [r for r in results if r.get("config") == config]
-    docs = {}
+    docs, stores = {}, {}
     for corpus in corpora:
-        store = encode(corpus, args.docs, work)
+        stores[corpus] = encode(corpus, args.docs, work)
         docs[corpus] = len((work / f"{corpus}.jsonl").read_bytes().splitlines())
-        todo = [
-            (k, seed, model)
+    first = args.seeds[0]
+
+    def priority(task: tuple[str, int, int, str]) -> tuple[int, ...]:
+        """Most telling first, so that a run cut short still fills the main table: the headline
+        models on the first seed, then the other seeds, then the variants."""
+        corpus, k, seed, model = task
+        rank = 0 if model in models and seed == first else 1 if model in models else 2 + extra.index(model)
+        return (rank, args.seeds.index(seed), corpora.index(corpus), args.k.index(k))
+
+    done = {(r["corpus"], r["k"], r["seed"], r["name"]) for r in results}
+    todo = sorted(
+        (
+            (corpus, k, seed, model)
+            for corpus in corpora
             for k in args.k
             for seed in args.seeds
-            for model in models + (extra if seed == args.seeds[0] else [])
-            if not any((r["corpus"], r["k"], r["seed"], r["name"]) == (corpus, k, seed, model) for r in results)
-        ]
-        with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-            futures = {pool.submit(run_one, store, m, k, seed, work, args.epochs): (k, seed, m) for k, seed, m in todo}
-            for future in concurrent.futures.as_completed(futures):
-                k, seed, model = futures[future]
-                r = future.result()
-                r.update(corpus=corpus, k=k, seed=seed, name=model, config=config)
-                results.append(r)
-                with open(done_file, "ab") as f:
-                    f.write(orjson.dumps(r) + b"\n")
-                summary = " ".join(f"{m}={r[m]:.3f}" for m in METRICS)
-                print(f"{corpus} K={k} seed={seed} {model}: {summary} ({r['train_s']:.0f} s)", file=sys.stderr)
+            for model in models + (extra if seed == first else [])
+            if (corpus, k, seed, model) not in done
+        ),
+        key=priority,
+    )
+    with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+        futures = {pool.submit(run_one, stores[t[0]], t[3], t[1], t[2], work, args.epochs): t for t in todo}
+        for future in concurrent.futures.as_completed(futures):
+            corpus, k, seed, model = futures[future]
+            r = future.result()
+            r.update(corpus=corpus, k=k, seed=seed, name=model, config=config)
+            results.append(r)
+            with open(done_file, "ab") as f:
+                f.write(orjson.dumps(r) + b"\n")
+            summary = " ".join(f"{m}={r[m]:.3f}" for m in METRICS)
+            print(f"{corpus} K={k} seed={seed} {model}: {summary} ({r['train_s']:.0f} s)", file=sys.stderr)
     text = table(results, corpora, args.k, models, docs)
     if extra:
         text += (

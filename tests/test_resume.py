@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -310,3 +311,41 @@ def test_reliability_sigkill_at_every_kind_of_write(point, n, kill_reference, tm
     assert cached == finished and through == 1500 - finished
     assert tree_bytes(tmp_path / "run.zarr") == tree_bytes(ref)
     assert again.stdout.replace(str(tmp_path / "run.zarr").encode(), b"S") == ref_out.replace(str(ref).encode(), b"S")
+
+
+def test_reliability_train_killed_resumes_from_its_checkpoint(store, tmp_path, cache_dir):
+    """SIGKILL `st train` once it has checkpointed; the same command resumes and ends with the
+    model and θ of an uninterrupted run, bit for bit."""
+    import shutil
+
+    import numpy as np
+
+    path, _ = store
+    shutil.copytree(path, tmp_path / "whole.zarr")
+    args = ["train", "-k", "4", "--epochs", "40", "--checkpoint-every", "2", "--seed", "5"]
+    whole = subprocess.run(
+        [st_exe(), *args, "--store", str(tmp_path / "whole.zarr"), "-o", str(tmp_path / "whole")],
+        capture_output=True,
+        env=st_env(cache_dir),
+    )
+    assert whole.returncode == 0, whole.stderr
+    run = [st_exe(), *args, "--store", str(path), "-o", str(tmp_path / "run")]
+    proc = subprocess.Popen(run, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=st_env(cache_dir))
+    checkpoints = path / "checkpoints"
+    deadline = time.time() + 300
+    while not (checkpoints.is_dir() and any(checkpoints.glob("*.safetensors"))) and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL and any(checkpoints.glob("*.safetensors"))
+    again = subprocess.run(run, capture_output=True, env=st_env(cache_dir))
+    assert again.returncode == 0, again.stderr
+    assert b"resuming" in again.stderr and not any(checkpoints.glob("*.safetensors"))
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() == (
+        tmp_path / "whole" / "model.safetensors"
+    ).read_bytes()
+    model_id = json.loads((tmp_path / "run" / "config.json").read_text())["id"]
+    a = np.asarray(Store(path).group[f"theta/{model_id}"][:])
+    b = np.asarray(Store(tmp_path / "whole.zarr").group[f"theta/{model_id}"][:])
+    np.testing.assert_array_equal(a, b)
