@@ -35,9 +35,11 @@ METRICS = ["npmi", "cv", "td", "purity", "nmi", "p@10"]
 
 # name: (label in the table, `st train` flags)
 MODELS: dict[str, tuple[str, list[str]]] = {
-    "dsl": ("DSL-ProdLDA (st default)", []),
-    "dsl-dec1": ("DSL-ProdLDA, decoder τ = 1", ["--decoder-temperature", "1"]),
-    "dsl-bow": ("DSL-ProdLDA, target + 0.3 bag of words", ["--bow-weight", "0.3"]),
+    "dsl": ("DSL-ProdLDA (st default: target + 0.3 bag of words)", []),
+    "dsl-pure": ("DSL-ProdLDA, the soft label alone (the paper's target)", ["--bow-weight", "0"]),
+    "dsl-dec1": ("DSL-ProdLDA, decoder τ = 1 (default: the target's τ, 3)", ["--decoder-temperature", "1"]),
+    "dsl-bow5": ("DSL-ProdLDA, target + 0.5 bag of words", ["--bow-weight", "0.5"]),
+    "dsl-bow7": ("DSL-ProdLDA, target + 0.7 bag of words", ["--bow-weight", "0.7"]),
     "dsl-etm": ("DSL-ETM", ["--backbone", "etm"]),
     "dsl-ecrtm": ("DSL-ECRTM", ["--backbone", "ecrtm"]),
     "dsl-fastopic": ("DSL-FASTopic", ["--backbone", "fastopic"]),
@@ -119,7 +121,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, nargs="+", default=[20, 50])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--models", default="dsl,prodlda,ctm,lda")
-    ap.add_argument("--extra", default="dsl-dec1,dsl-bow,dsl-etm,dsl-ecrtm,dsl-fastopic")
+    ap.add_argument("--extra", default="dsl-pure,dsl-dec1,dsl-bow5,dsl-etm,dsl-ecrtm,dsl-fastopic")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--corpora", default=",".join(CORPORA))
     ap.add_argument("--epochs", type=int, default=None, help="Override the training epochs (quick runs).")

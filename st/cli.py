@@ -486,7 +486,7 @@ def _training_rows(input: str | None, store_path: str | None) -> tuple[Any, Any,
 )
 @click.option(
     "--bow-weight",
-    default=0.0,
+    default=0.3,
     show_default=True,
     type=click.FloatRange(0, 1),
     help="Mix this share of the document's own normalised bag of words into the soft-label target.",

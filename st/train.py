@@ -42,7 +42,7 @@ class TrainOptions:
     decoder_temperature: float | None = None  # None: the target's τ
     topk: int | None = None
     sparsity: float | None = None
-    bow_weight: float = 0.0  # the target's share of the document's own normalised bag of words
+    bow_weight: float = 0.3  # the target's share of the document's own normalised bag of words
     lam: float | None = None  # None: 1000 for the VAE backbones, FASTOPIC_LAMBDA for fastopic
     loss: str = "kl"
     lr: float = 2e-3
