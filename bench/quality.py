@@ -101,8 +101,9 @@ def table(
     for corpus in corpora:
         for k in ks:
             out.append(f"\n**{CORPORA[corpus]}** ({docs[corpus]:,} documents), K = {k}\n")
-            out.append("| model | " + " | ".join(m.upper() if m != "p@10" else "P@10" for m in METRICS) + " |")
-            out.append("|---" * (len(METRICS) + 1) + "|")
+            names = [m.upper() if m != "p@10" else "P@10" for m in METRICS]
+            out.append("| model | " + " | ".join(names) + (" | seeds |" if std else " |"))
+            out.append("|---" * (len(METRICS) + 1 + std) + "|")
             for model in models:
                 rows = [r for r in results if (r["corpus"], r["k"], r["name"]) == (corpus, k, model)]
                 if not rows:
@@ -111,7 +112,7 @@ def table(
                 for m in METRICS:
                     v = np.array([r[m] for r in rows], dtype=float)
                     cells.append(f"{v.mean():.3f} ± {v.std():.3f}" if std else f"{v.mean():.3f}")
-                out.append(f"| {MODELS[model][0]} | " + " | ".join(cells) + " |")
+                out.append(f"| {MODELS[model][0]} | " + " | ".join(cells) + (f" | {len(rows)} |" if std else " |"))
     return "\n".join(out).lstrip("\n")
 
 
@@ -123,6 +124,8 @@ def main() -> None:
     ap.add_argument("--models", default="dsl,prodlda,ctm,lda")
     ap.add_argument("--extra", default="dsl-pure,dsl-dec1,dsl-bow5,dsl-etm,dsl-ecrtm,dsl-fastopic")
     ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--extra-k", type=int, nargs="+", default=None, help="Run the extras at these K only.")
+    ap.add_argument("--table-only", action="store_true", help="Write the table from the finished runs; train nothing.")
     ap.add_argument("--corpora", default=",".join(CORPORA))
     ap.add_argument("--epochs", type=int, default=None, help="Override the training epochs (quick runs).")
     ap.add_argument("--work", default=str(ROOT / "bench" / "quality-work"))
@@ -143,8 +146,10 @@ def main() -> None:
     results = [r for r in results if r.get("config") == config]
     docs, stores = {}, {}
     for corpus in corpora:
-        stores[corpus] = encode(corpus, args.docs, work)
+        if not args.table_only:
+            stores[corpus] = encode(corpus, args.docs, work)
         docs[corpus] = len((work / f"{corpus}.jsonl").read_bytes().splitlines())
+    extra_k = args.extra_k or args.k
     first = args.seeds[0]
 
     def priority(task: tuple[str, int, int, str]) -> tuple[int, ...]:
@@ -161,8 +166,8 @@ def main() -> None:
             for corpus in corpora
             for k in args.k
             for seed in args.seeds
-            for model in models + (extra if seed == first else [])
-            if (corpus, k, seed, model) not in done
+            for model in models + (extra if seed == first and k in extra_k else [])
+            if (corpus, k, seed, model) not in done and not args.table_only
         ),
         key=priority,
     )
@@ -188,8 +193,8 @@ def main() -> None:
         )
     head = (
         f"`make quality` ({time.strftime('%Y-%m-%d')}, embedded SmolLM2-135M-Instruct, τ = 3, "
-        f"seeds {', '.join(map(str, args.seeds))}; mean ± std over seeds; NPMI and C_V on the corpus itself, "
-        "top 10 words; TD on the top 25 words; P@10 by KL between θ):\n"
+        f"seeds {', '.join(map(str, args.seeds))}; mean ± std over the seeds that finished; NPMI and C_V on "
+        "the corpus itself, top 10 words; TD on the top 25 words; P@10 by KL between θ):\n"
     )
     Path(args.out).write_text(head + "\n" + text + "\n")
     print(head + "\n" + text)
