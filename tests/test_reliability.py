@@ -193,3 +193,38 @@ def test_reliability_a_100_mb_line_is_refused_at_once(command, trained, cache_di
     r = run_st(args, cache_dir)
     assert_one_clear_line(r, 2, f"{huge}:2:", "line longer than")
     assert not (tmp_path / "never.zarr").exists()
+
+
+def test_reliability_a_model_folder_with_code_is_not_run_without_trust_remote_code(
+    embedded_folder, cache_dir, tmp_path
+):
+    """A model folder that asks for its own Python (auto_map) is refused; its code never runs."""
+    import shutil
+
+    evil = tmp_path / "evil-model"
+    evil.mkdir()
+    for f in embedded_folder.iterdir():
+        if f.name.startswith("tokenizer") or f.name.endswith(".txt") or f.name == "special_tokens_map.json":
+            shutil.copy(f, evil / f.name)
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"weight": torch.zeros(2)}, str(evil / "model.safetensors"))
+    marker = tmp_path / "code-ran"
+    (evil / "evil.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\nfrom transformers import PretrainedConfig\n"
+        "class EvilConfig(PretrainedConfig):\n    model_type = 'evil'\n"
+    )
+    (evil / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "evil",
+                "architectures": ["EvilModel"],
+                "auto_map": {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel"},
+            }
+        )
+    )
+    r = run_st(["softlabel", str(EXAMPLES), "--model", str(evil), "-o", str(tmp_path / "s.zarr"), "-q"], cache_dir)
+    assert r.returncode != 0 and "Traceback" not in r.stderr.decode() and r.stdout == b""
+    assert len(r.stderr.decode().strip().splitlines()) == 1, r.stderr
+    assert not marker.exists()
