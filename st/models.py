@@ -21,6 +21,7 @@ embeddings.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -77,8 +78,9 @@ def squared_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return ((x * x).sum(1, keepdim=True) + (y * y).sum(1) - 2 * x @ y.T).clamp_min(0)
 
 
-class VAE(nn.Module):
-    """Encoder, reparameterised θ and prior shared by the VAE backbones."""
+class VAE(nn.Module, ABC):
+    """Encoder, reparameterised θ and prior shared by the VAE backbones; each backbone says how θ
+    becomes a reconstruction and what its topics are."""
 
     def __init__(self, config: TopicConfig) -> None:
         super().__init__()
@@ -104,13 +106,13 @@ class VAE(nn.Module):
         h = self.encoder(x)
         return self.mu_bn(self.mu(h)), self.logvar_bn(self.logvar(h))
 
+    @abstractmethod
     def reconstruct(self, theta: torch.Tensor) -> torch.Tensor:
         """Log-probabilities over the vocabulary."""
-        raise NotImplementedError
 
+    @abstractmethod
     def topic_word(self) -> torch.Tensor:
         """K × V: each topic's distribution over the vocabulary."""
-        raise NotImplementedError
 
     def regularizer(self) -> torch.Tensor:
         return torch.zeros(())
