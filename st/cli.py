@@ -16,7 +16,7 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import numpy as np
@@ -25,6 +25,9 @@ from st import __version__, console, records
 from st import vocab as vocab_mod
 from st.errors import InputError
 from st.prompt import INSTRUCTION, TEMPLATE, Prompt
+
+if TYPE_CHECKING:
+    from st.cache import LMCache
 
 F = Callable[..., Any]
 
@@ -81,7 +84,8 @@ cache_dir_option = click.option(
     "--cache-dir",
     default=None,
     type=click.Path(file_okay=False),
-    help="LM cache and converted models.  [default: $ST_CACHE_DIR or ~/.cache/st]",
+    help="LM cache and converted models; an fsspec URL (s3://…) holds the LM cache alone, for clusters.  "
+    "[default: $ST_CACHE_DIR or ~/.cache/st]",
 )
 trust_remote_code_option = click.option(
     "--trust-remote-code", is_flag=True, help="Let a Hugging Face model run its own Python code (off: safer)."
@@ -145,6 +149,47 @@ lm_options = _compose(
     cache_dir_option,
     trust_remote_code_option,
 )
+backend_options = _compose(
+    click.option(
+        "--backend",
+        type=click.Choice(["local", "ray"]),
+        default="local",
+        show_default=True,
+        help="local: the LM in this process; ray: a pool of LM workers on a Ray cluster (pip install 'st[ray]').",
+    ),
+    click.option(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="Ray cluster to join (e.g. ray://head:10001 or auto).  [default: start Ray on this machine]",
+    ),
+    click.option(
+        "--workers",
+        default=None,
+        type=click.IntRange(min=1),
+        help="LM workers for --backend ray.  [default: one per --gpus-per-worker GPUs, else 1]",
+    ),
+    click.option(
+        "--gpus-per-worker",
+        default=0.0,
+        show_default=True,
+        type=click.FloatRange(min=0),
+        help="GPUs each Ray worker holds (0: CPU workers).",
+    ),
+    click.option(
+        "--cpus-per-worker",
+        default=None,
+        type=click.FloatRange(min=0, min_open=True),
+        help="CPUs each Ray worker holds (its torch threads).  [default: 1 with GPUs, else the cluster's share]",
+    ),
+    click.option(
+        "--chunk-rows",
+        default=1024,
+        show_default=True,
+        type=click.IntRange(min=1),
+        help="Rows per store chunk: the unit written at once, and the unit of work of a Ray worker.",
+    ),
+)
 force_option = click.option("--force", is_flag=True, help="Replace the output store even if it holds trained models.")
 output_option = click.option(
     "-o",
@@ -162,9 +207,23 @@ def _prompt(template: str, instruction: str) -> Prompt:
 
 
 def _cache_dir(value: str | None) -> Path:
-    from st.cache import default_cache_dir
+    """Where converted models go: the cache folder, or the default one when the LM cache is a URL."""
+    from st.cache import default_cache_dir, is_url
 
-    return Path(value) if value else default_cache_dir()
+    return Path(value) if value and not is_url(value) else default_cache_dir()
+
+
+def _cache_spec(value: str | None) -> str:
+    """The LM cache's location as every process (and Ray worker) can open it."""
+    from st.cache import is_url
+
+    return value if value and is_url(value) else str(_cache_dir(value).absolute())
+
+
+def _lm_cache(value: str | None) -> LMCache:
+    from st.cache import open_cache
+
+    return open_cache(_cache_spec(value))
 
 
 def _load_lm(model: str | None, device: str, dtype: str, cache_dir: Path, trust_remote_code: bool):  # noqa: ANN202
@@ -278,10 +337,15 @@ def _encode_command(kind: str) -> Callable[..., None]:
         batch_tokens: int | None,
         cache_dir: str | None,
         trust_remote_code: bool,
+        backend: str,
+        ray_address: str | None,
+        workers: int | None,
+        gpus_per_worker: float,
+        cpus_per_worker: float | None,
+        chunk_rows: int,
         **extra: Any,
     ) -> None:
         from st import softlabel
-        from st.cache import Cache
 
         opts = softlabel.Options(
             text_field=text_field,
@@ -291,20 +355,30 @@ def _encode_command(kind: str) -> Callable[..., None]:
             temperature=extra.get("temperature", 3.0),
             batch_tokens=batch_tokens,
             batch_size=batch_size,
+            chunk_rows=chunk_rows,
             force=extra.get("force", False),
         )
         words = vocab_mod.load(extra["vocab_path"]) if extra.get("vocab_path") else None
+        folder = _cache_dir(cache_dir)
+        cache = _lm_cache(cache_dir)  # a bad cache location fails before any work
+        if backend == "ray":
+            from st.ray_backend import LMSpec, RayEncoder, RayOptions
+
+            spec = LMSpec(model, device, dtype, str(folder.absolute()), _cache_spec(cache_dir), trust_remote_code)
+            ray_opts = RayOptions(ray_address, workers, gpus_per_worker, cpus_per_worker)
+            encoder: softlabel.Encoder = RayEncoder(spec, ray_opts)
+        else:
+            load = lambda: _load_lm(model, device, dtype, folder, trust_remote_code)  # noqa: E731
+            encoder = softlabel.LocalEncoder(load, cache)
         building = kind == "softlabel" and words is None
         path, cleanup = softlabel.spool_stdin(input) if building else (input, lambda: None)
         try:
-            folder = _cache_dir(cache_dir)
             if building:
                 words = softlabel.corpus_vocabulary(path, opts, extra["vocab_size"], records.source_name(input))
             softlabel.encode_corpus(
                 path,
                 output,
-                lambda: _load_lm(model, device, dtype, folder, trust_remote_code),
-                Cache(folder),
+                encoder,
                 opts,
                 click.get_binary_stream("stdout"),
                 words,
@@ -348,6 +422,7 @@ def _encode_command(kind: str) -> Callable[..., None]:
     "--unique-prefix", is_flag=True, help="Keep one word per shared first sub-token when building the vocabulary."
 )
 @lm_options
+@backend_options
 @quiet_option
 def softlabel(**kwargs: Any) -> None:
     """Soft labels: the LM's next-token logits over the vocabulary, and its hidden state, per document.
@@ -362,6 +437,7 @@ def softlabel(**kwargs: Any) -> None:
 @output_option
 @force_option
 @lm_options
+@backend_options
 @quiet_option
 def embed(**kwargs: Any) -> None:
     """Document representations: the LM's last-position hidden state under the prompt.
@@ -658,7 +734,6 @@ def infer(
     """
     from st import infer as infer_mod
     from st import train as train_mod
-    from st.cache import Cache
 
     model, _ = train_mod.load(model_spec)
     folder = _cache_dir(cache_dir)
@@ -666,7 +741,7 @@ def infer(
         input,
         model,
         lambda: _training_lm(model, lm, device, folder, trust_remote_code),
-        Cache(folder),
+        _lm_cache(cache_dir),
         click.get_binary_stream("stdout"),
         text_field,
         lines,
@@ -781,11 +856,9 @@ def eval_command(
                 row[m] = _metric(ev, m, topics, texts, theta, gold, top_words, divergence, balanced, row)
                 bar.advance()
         if llm_rating:
-            from st.cache import Cache
-
             if rating_lm is None:
                 rating_lm = _load_lm(rater, "auto", "auto", _cache_dir(cache_dir), False)
-            ratings = ev.llm_rating(topics, rating_lm, Cache(_cache_dir(cache_dir)), top_words)
+            ratings = ev.llm_rating(topics, rating_lm, _lm_cache(cache_dir), top_words)
             row["llm_rating"] = round(float(np.mean(ratings)), 6)
         results.append(row)
     _eval_output(results, fmt)
@@ -936,7 +1009,6 @@ def search(
 
 
 def _query_theta(model: Any, text: str, lm: str | None, device: str, cache_dir: str | None) -> Any:
-    from st.cache import Cache
     from st.infer import check_lm
     from st.prompt import Prompt
 
@@ -947,7 +1019,7 @@ def _query_theta(model: Any, text: str, lm: str | None, device: str, cache_dir: 
     loaded = _training_lm(model, lm, device, folder, False)
     check_lm(model, loaded, "the LM")
     prompt = Prompt(**source["prompt"]) if source.get("prompt") else Prompt()
-    hidden, _ = loaded.encode([text], prompt, int(source.get("max_tokens") or 512), Cache(folder))
+    hidden, _ = loaded.encode([text], prompt, int(source.get("max_tokens") or 512), _lm_cache(cache_dir))
     return model.theta(hidden)[0]
 
 

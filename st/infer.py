@@ -9,7 +9,7 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 
 from st import console, records, vocab
-from st.cache import Cache
+from st.cache import LMCache
 from st.errors import InputError
 from st.prompt import Prompt
 from st.train import TopicModel
@@ -50,7 +50,7 @@ def infer(
     path: str,
     model: TopicModel,
     load_lm: Callable[[], LM],
-    cache: Cache,
+    cache: LMCache,
     out: IO[bytes],
     text_field: str = "text",
     lines: bool = False,

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from st import console
-from st.cache import Cache, default_cache_dir
+from st.cache import LMCache, default_cache_dir
 from st.errors import InputError, StError
 from st.prompt import Prompt
 
@@ -429,7 +429,7 @@ class LM:
         texts: Sequence[str],
         prompt: Prompt,
         max_tokens: int,
-        cache: Cache,
+        cache: LMCache,
         batch_tokens: int | None = None,
         batch_size: int | None = None,
         vocab_token_ids: np.ndarray | None = None,

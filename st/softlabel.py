@@ -7,17 +7,19 @@ not with the corpus.
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import tempfile
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from st import console, records, vocab
-from st.cache import Cache
+from st.cache import LMCache
 from st.errors import InputError, StError
 from st.prompt import Prompt
 from st.store import CHUNK_ROWS, HiddenWriter, StoreWriter, embed_target
@@ -96,23 +98,94 @@ def corpus_vocabulary(path: str, opts: Options, size: int, name: str) -> list[st
     return words
 
 
-def project_vocabulary(lm: LM, words: list[str], unique_prefix: bool) -> Vocabulary:
-    projection = vocab.project(words, lm.tokenizer)
+def project_vocabulary(tokenizer: Any, words: list[str], unique_prefix: bool) -> Vocabulary:
+    projection = vocab.project(words, tokenizer)
     if projection.collisions:
         if unique_prefix:
             words = vocab.unique_prefix(words, projection)
-            projection = vocab.project(words, lm.tokenizer)
+            projection = vocab.project(words, tokenizer)
             console.info(f"--unique-prefix: kept {len(words)} words, one per first sub-token")
         else:
-            console.warn(vocab.collision_report(projection, lm.tokenizer))
+            console.warn(vocab.collision_report(projection, tokenizer))
     return Vocabulary(list(words), projection.token_ids, vocab.fingerprint(words))
+
+
+class Encoder(Protocol):
+    """Turns chunks of texts into (hidden, logits) per chunk, in order, through the LM and cache."""
+
+    identity: dict[str, str]  # the LM's, known once the first chunk is out
+    hidden_size: int
+    documents_computed: int  # cache misses that went through the LM
+
+    def start(self) -> Any:
+        """Loads what encoding needs and returns the LM's tokenizer."""
+
+    def encode(
+        self, chunks: Iterator[list[str]], vocabulary: Vocabulary | None, opts: Options, advance: Callable[[int], None]
+    ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]: ...
+
+
+class LocalEncoder:
+    """The LM in this process."""
+
+    def __init__(self, load_lm: Callable[[], LM], cache: LMCache) -> None:
+        self.load_lm, self.cache = load_lm, cache
+        self.identity: dict[str, str] = {}
+        self.hidden_size = 0
+        self.documents_computed = 0
+
+    def start(self) -> Any:
+        self.lm = self.load_lm()
+        self.identity, self.hidden_size = self.lm.identity, self.lm.hidden_size
+        return self.lm.tokenizer
+
+    def encode(
+        self, chunks: Iterator[list[str]], vocabulary: Vocabulary | None, opts: Options, advance: Callable[[int], None]
+    ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        for texts in chunks:
+            before = self.lm.documents_computed
+            result = encode_chunk(self.lm, texts, vocabulary, opts, self.cache, advance)
+            self.documents_computed += self.lm.documents_computed - before
+            yield result
+
+
+def encode_chunk(
+    lm: LM,
+    texts: list[str],
+    vocabulary: Vocabulary | None,
+    opts: Options,
+    cache: LMCache,
+    advance: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """One chunk through the LM and the cache: the batch function of every backend."""
+    return lm.encode(
+        texts,
+        opts.prompt,
+        opts.max_tokens,
+        cache,
+        batch_tokens=opts.batch_tokens,
+        batch_size=opts.batch_size,
+        vocab_token_ids=vocabulary.token_ids if vocabulary else None,
+        vocab_fingerprint=vocabulary.fingerprint if vocabulary else None,
+        on_batch=advance,
+    )
+
+
+def _chunked(docs: Iterator[records.Document], size: int) -> Iterator[list[records.Document]]:
+    chunk: list[records.Document] = []
+    for doc in docs:
+        chunk.append(doc)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def encode_corpus(
     path: str,
     output: str,
-    load_lm: Callable[[], LM],
-    cache: Cache,
+    encoder: Encoder,
     opts: Options,
     out: IO[bytes],
     words: list[str] | None = None,
@@ -126,35 +199,42 @@ def encode_corpus(
     name = name or records.source_name(path)
     summary = Summary()
     writer: StoreWriter | HiddenWriter | None = None
-    lm: LM | None = None
     target = embed_target(output) if kind == "embed" else None
-    vocabulary: Vocabulary | None = None
     store_path = str(Path(output).absolute())
-    with console.progress(f"st {kind}", total=count_lines(path)) as bar:
-        chunk: list[records.Document] = []
+    chunks = _chunked(_documents(path, opts, summary, name), opts.chunk_rows)
+    first = next(chunks, None)
+    if first is None:
+        raise InputError("no documents (the input is empty or has only empty texts)", name)
+    tokenizer = encoder.start()
+    vocabulary = None
+    if kind == "softlabel":
+        assert words is not None
+        vocabulary = project_vocabulary(tokenizer, words, unique_prefix)
+    pending: deque[list[records.Document]] = deque()
 
-        def flush() -> None:
-            nonlocal writer, lm, vocabulary
-            if lm is None:
-                lm = load_lm()
-                if kind == "softlabel":
-                    assert words is not None
-                    vocabulary = project_vocabulary(lm, words, unique_prefix)
+    def texts() -> Iterator[list[str]]:
+        for chunk in itertools.chain([first], chunks):
+            pending.append(chunk)
+            yield [d.text for d in chunk]
+
+    with console.progress(f"st {kind}", total=count_lines(path)) as bar:
+        for hidden, logits in encoder.encode(texts(), vocabulary, opts, bar.advance):
+            chunk = pending.popleft()
             if writer is None and target is not None:
                 source = {
-                    "lm": lm.identity,
+                    "lm": encoder.identity,
                     "max_tokens": opts.max_tokens,
                     "prompt": {"template": opts.prompt.template, "instruction": opts.prompt.instruction},
                 }
-                writer = HiddenWriter(target, lm.hidden_size, source, chunk_rows=opts.chunk_rows)
+                writer = HiddenWriter(target, encoder.hidden_size, source, chunk_rows=opts.chunk_rows)
                 console.info(f"adding hidden states to the soft-label store {target.path}")
             if writer is None:
                 attrs = {
                     "kind": kind,
-                    "lm": lm.identity,
+                    "lm": encoder.identity,
                     "prompt": {"template": opts.prompt.template, "instruction": opts.prompt.instruction},
                     "max_tokens": opts.max_tokens,
-                    "hidden_size": lm.hidden_size,
+                    "hidden_size": encoder.hidden_size,
                     "text_field": opts.text_field,
                 }
                 if vocabulary is not None:
@@ -166,57 +246,35 @@ def encode_corpus(
                 writer = StoreWriter(
                     output,
                     attrs,
-                    lm.hidden_size,
+                    encoder.hidden_size,
                     vocabulary.words if vocabulary else None,
                     chunk_rows=opts.chunk_rows,
                     force=opts.force,
                 )
-            texts = [d.text for d in chunk]
-            before = lm.documents_computed
-            hidden, logits = lm.encode(
-                texts,
-                opts.prompt,
-                opts.max_tokens,
-                cache,
-                batch_tokens=opts.batch_tokens,
-                batch_size=opts.batch_size,
-                vocab_token_ids=vocabulary.token_ids if vocabulary else None,
-                vocab_fingerprint=vocabulary.fingerprint if vocabulary else None,
-                on_batch=bar.advance,
-            )
-            summary.lm_documents += lm.documents_computed - before
             bad = ~np.isfinite(hidden).all(axis=1)
             if logits is not None:
                 bad |= ~np.isfinite(logits).all(axis=1)
             if bad.any():
                 doc = chunk[int(np.argmax(bad))]
                 raise StError(f"{name}:{doc.line}: the LM gave NaN or Inf for document {doc.id!r}; try --dtype float32")
+            chunk_texts = [d.text for d in chunk]
             bow = None
             if vocabulary is not None:
-                bow = vocab.bag_of_words(texts, vocabulary.words)
+                bow = vocab.bag_of_words(chunk_texts, vocabulary.words)
                 summary.no_vocab_word += int((np.diff(bow.indptr) == 0).sum())
             serialized = [records.dumps(d.record).decode() for d in chunk]
-            first = writer.append([d.id for d in chunk], serialized, hidden, logits, bow)
+            row = writer.append([d.id for d in chunk], serialized, hidden, logits, bow)
             lines = [
-                records.dumps(records.with_store_ref(d.record, store_path, first + i)) + b"\n"
+                records.dumps(records.with_store_ref(d.record, store_path, row + i)) + b"\n"
                 for i, d in enumerate(chunk)
             ]
             out.write(b"".join(lines))  # after the store holds the rows they point to
             out.flush()
             summary.documents += len(chunk)
-            chunk.clear()
-
-        for doc in _documents(path, opts, summary, name):
-            chunk.append(doc)
-            if len(chunk) == opts.chunk_rows:
-                flush()
-        if chunk:
-            flush()
         bar.finish()
-    if writer is None:
-        raise InputError("no documents (the input is empty or has only empty texts)", name)
+    summary.lm_documents = encoder.documents_computed
+    assert writer is not None
     writer.finish()
-    assert lm is not None
     if summary.skipped_empty:
         shown = ", ".join(map(str, summary.skipped_empty[:5]))
         more = ", ..." if len(summary.skipped_empty) > 5 else ""

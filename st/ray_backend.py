@@ -1,0 +1,254 @@
+"""`--backend ray`: the LM stage spread over a Ray cluster with Ray Data.
+
+Store chunks are the unit of work: each becomes one Ray Data row, which a pool of stateful actors
+(each holding the LM, the GPU it was given and a handle on the LM cache) turns into hidden states
+and logits with `encode_chunk`, the batch function of the local backend. Results stream back in
+order to this process, which alone writes the store, one whole chunk at a time, and prints the
+records; so workers need no shared disk for the store. They do share the LM cache: a local folder
+on one machine, a shared folder or an object-store URL (`--cache-dir s3://…`) on a cluster.
+
+A worker that dies is restarted by Ray and its chunk retried; batches it finished are in the cache
+and are not computed again. A run that stops altogether resumes the same way when re-run.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from st import console
+from st.errors import StError
+from st.prompt import Prompt
+from st.softlabel import Options, Vocabulary, encode_chunk
+
+
+@dataclass
+class RayOptions:
+    address: str | None = None  # None: a Ray instance on this machine
+    workers: int | None = None  # None: one per GPU group, or one on CPU
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float | None = None
+
+
+@dataclass
+class LMSpec:
+    """What every worker needs to load the same LM: all plain data, so it travels to any node."""
+
+    model: str | None
+    device: str
+    dtype: str
+    models_dir: str
+    cache: str
+    trust_remote_code: bool
+
+
+class ChunkEncoder:
+    """A Ray actor: loads the LM once, then encodes one store chunk per call."""
+
+    def __init__(self, spec: LMSpec, opts: dict[str, Any], vocabulary: dict[str, Any] | None) -> None:
+        from st.cache import open_cache
+        from st.lm import LM
+
+        models = Path(spec.models_dir)
+        self.lm = LM(spec.model, spec.device, spec.dtype, cache_dir=models, trust_remote_code=spec.trust_remote_code)
+        self.cache = open_cache(spec.cache)
+        opts = dict(opts)  # a restarted actor gets the same arguments again
+        prompt = Prompt(**opts.pop("prompt"))
+        self.opts = Options(prompt=prompt, **opts)
+        self.vocabulary = None
+        if vocabulary is not None:
+            ids = np.asarray(vocabulary["token_ids"], dtype=np.int64)
+            self.vocabulary = Vocabulary(vocabulary["words"], ids, vocabulary["fingerprint"])
+        self.identity = orjson.dumps(self.lm.identity, option=orjson.OPT_SORT_KEYS).decode()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
+        out: dict[str, list[Any]] = {"chunk": [], "hidden": [], "logits": [], "identity": [], "computed": []}
+        for chunk, texts_json in zip(batch["chunk"], batch["texts"], strict=True):
+            texts = orjson.loads(texts_json)
+            before = self.lm.documents_computed
+            hidden, logits = encode_chunk(self.lm, texts, self.vocabulary, self.opts, self.cache)
+            out["chunk"].append(int(chunk))
+            out["hidden"].append(np.ascontiguousarray(hidden, dtype=np.float32).tobytes())
+            out["logits"].append(b"" if logits is None else np.ascontiguousarray(logits, dtype=np.float32).tobytes())
+            out["identity"].append(self.identity)
+            out["computed"].append(self.lm.documents_computed - before)
+        return out
+
+
+def _ray() -> Any:
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise StError("the Ray backend needs Ray Data: pip install 'st[ray]' (or pip install 'ray[data]')") from None
+    return ray
+
+
+def _cause(error: BaseException) -> BaseException:
+    """The user-code exception inside Ray's wrappers."""
+    seen = error
+    while True:
+        inner = getattr(seen, "cause", None) or seen.__cause__
+        if inner is None or inner is seen:
+            return seen
+        seen = inner
+
+
+class RayEncoder:
+    def __init__(self, spec: LMSpec, options: RayOptions) -> None:
+        self.spec, self.options = spec, options
+        self.identity: dict[str, str] = {}
+        self.hidden_size = 0
+        self.documents_computed = 0
+        self.started_ray = False
+
+    def _resolved_dtype(self) -> str:
+        """Every worker must compute in the same dtype (it is part of the cache key and the store's
+        identity), so `auto` is decided once, here."""
+        if self.spec.dtype != "auto":
+            return self.spec.dtype
+        if self.options.gpus_per_worker > 0:
+            return "bfloat16"
+        from st.lm import cpu_has_fast_bf16
+
+        return "bfloat16" if cpu_has_fast_bf16() else "float32"
+
+    def start(self) -> Any:
+        from st.lm import load_tokenizer, resolve
+
+        ray = _ray()
+        source = resolve(self.spec.model)
+        tokenizer = load_tokenizer(source, Path(self.spec.models_dir), self.spec.trust_remote_code)
+        self.spec.dtype = self._resolved_dtype()
+        if not ray.is_initialized():
+            # Worker output is not forwarded: stdout carries records only.
+            with console.status("starting Ray"):
+                try:
+                    ray.init(
+                        address=self.options.address,
+                        include_dashboard=False,
+                        log_to_driver=False,
+                        logging_level=logging.ERROR,
+                        configure_logging=True,
+                    )
+                except (ConnectionError, RuntimeError, ValueError) as e:
+                    where = self.options.address or "a local Ray instance"
+                    raise StError(f"cannot start or reach {where}: {str(e).splitlines()[0]}") from None
+            self.started_ray = True
+        return tokenizer
+
+    def _workers(self, ray: Any) -> int:
+        if self.options.workers:
+            return self.options.workers
+        resources = ray.cluster_resources()
+        if self.options.gpus_per_worker > 0:
+            gpus = int(resources.get("GPU", 0) // self.options.gpus_per_worker)
+            if gpus < 1:
+                raise StError(
+                    f"the Ray cluster has {resources.get('GPU', 0):g} GPUs, fewer than --gpus-per-worker "
+                    f"{self.options.gpus_per_worker:g}"
+                )
+            return gpus
+        return 1
+
+    def encode(
+        self, chunks: Iterator[list[str]], vocabulary: Vocabulary | None, opts: Options, advance: Callable[[int], None]
+    ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        ray = _ray()
+        from ray.data import DataContext
+
+        sizes: list[int] = []
+        items = []
+        for i, texts in enumerate(chunks):
+            items.append({"chunk": i, "texts": orjson.dumps(texts)})
+            sizes.append(len(texts))
+        workers = self._workers(ray)
+        cpus = self.options.cpus_per_worker
+        if cpus is None and self.options.gpus_per_worker > 0:
+            cpus = 1.0
+        elif cpus is None:
+            cpus = max(1.0, ray.cluster_resources().get("CPU", 1) // workers)
+        context = DataContext.get_current()
+        context.execution_options.preserve_order = True  # chunks come back in input order
+        context.enable_progress_bars = False
+        context.print_on_execution_start = False
+        context.raise_original_map_exception = True
+        worker_opts = {
+            "text_field": opts.text_field,
+            "max_tokens": opts.max_tokens,
+            "temperature": opts.temperature,
+            "batch_tokens": opts.batch_tokens,
+            "batch_size": opts.batch_size,
+            "chunk_rows": opts.chunk_rows,
+            "prompt": {"template": opts.prompt.template, "instruction": opts.prompt.instruction},
+        }
+        vocab_spec = None
+        if vocabulary is not None:
+            vocab_spec = {
+                "words": vocabulary.words,
+                "token_ids": vocabulary.token_ids.tolist(),
+                "fingerprint": vocabulary.fingerprint,
+            }
+        console.info(
+            f"Ray: {len(items)} chunks over {workers} workers "
+            f"({cpus:g} CPUs{f', {self.options.gpus_per_worker:g} GPUs' if self.options.gpus_per_worker else ''} each)"
+        )
+        dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+            ChunkEncoder,
+            fn_constructor_kwargs={"spec": self.spec, "opts": worker_opts, "vocabulary": vocab_spec},
+            batch_size=1,
+            batch_format="numpy",
+            # A fixed pool. Ray Data restarts an actor that dies and retries its chunk (its defaults).
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            num_cpus=cpus,
+            num_gpus=self.options.gpus_per_worker or None,
+            runtime_env={"env_vars": {"OMP_NUM_THREADS": str(int(cpus))}},
+        )
+        expected = 0
+        quiet = warnings.catch_warnings()
+        quiet.__enter__()
+        warnings.simplefilter("ignore")  # Ray's advice on tuning goes to its logs, not to our users
+        for name in ("ray", "ray.data"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        try:
+            for row in dataset.iter_rows():
+                chunk = int(row["chunk"])
+                if chunk != expected:
+                    raise StError(f"Ray returned chunk {chunk} where chunk {expected} was due")
+                identity = orjson.loads(row["identity"])
+                if not self.identity:
+                    self.identity = identity
+                elif identity != self.identity:
+                    raise StError(f"Ray workers disagree on the LM: {identity} against {self.identity}")
+                n = sizes[chunk]
+                hidden = np.frombuffer(row["hidden"], dtype=np.float32).reshape(n, -1)
+                self.hidden_size = hidden.shape[1]
+                logits = None
+                if vocabulary is not None:
+                    logits = np.frombuffer(row["logits"], dtype=np.float32).reshape(n, len(vocabulary.words))
+                self.documents_computed += int(row["computed"])
+                advance(n)
+                expected += 1
+                yield hidden, logits
+        except StError:
+            raise
+        except Exception as e:  # noqa: BLE001 - Ray wraps worker errors in many types
+            cause = _cause(e)
+            if isinstance(cause, StError):
+                raise StError(str(cause)) from None
+            first = (str(cause).strip().splitlines() or [type(cause).__name__])[-1]
+            raise StError(f"the Ray run failed: {type(cause).__name__}: {first}") from None
+        finally:
+            quiet.__exit__(None, None, None)
+            if self.started_ray:
+                ray.shutdown()
+                self.started_ray = False
+        if expected != len(items):
+            raise StError(f"Ray returned {expected} of {len(items)} chunks")

@@ -1,0 +1,90 @@
+"""The LM cache: a SQLite folder, or one object per entry under an fsspec URL."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from st.cache import Cache, ObjectCache, cache_key, open_cache
+from st.cli import cli
+from tests.conftest import EXAMPLES
+
+
+def entries(n: int, size: int = 7) -> dict[bytes, np.ndarray]:
+    rng = np.random.default_rng(n)
+    return {cache_key(b"ns", f"doc {i}"): rng.standard_normal(size).astype(np.float32) for i in range(n)}
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "file-url", "memory-url"])
+def test_cache_round_trip_and_misses(kind, tmp_path):
+    spec = {"sqlite": tmp_path / "c", "file-url": f"file://{tmp_path}/c", "memory-url": f"memory://st-{id(tmp_path)}"}
+    cache = open_cache(spec[kind])
+    stored = entries(30)
+    cache.put_many(stored)
+    asked = [*stored, cache_key(b"ns", "never stored")]
+    found = cache.get_many(asked)
+    assert set(found) == set(stored)
+    for k, v in stored.items():
+        assert np.array_equal(found[k], v)
+    assert len(cache) == 30
+    assert open_cache(spec[kind]).get_many([asked[0]])[asked[0]].tolist() == stored[asked[0]].tolist()
+
+
+def test_object_cache_torn_entry_counts_as_missing_and_is_rewritten(tmp_path):
+    cache = ObjectCache(f"file://{tmp_path}/c")
+    stored = entries(3)
+    cache.put_many(stored)
+    key = next(iter(stored))
+    obj = next(p for p in (tmp_path / "c").rglob("*") if p.name == key.hex())
+    obj.write_bytes(obj.read_bytes()[:-5])  # as a write interrupted on a file system leaves it
+    assert key not in cache.get_many(stored)
+    assert len(cache.get_many(stored)) == 2
+    cache.put_many({key: stored[key]})
+    assert np.array_equal(cache.get_many([key])[key], stored[key])
+
+
+def test_sqlite_cache_serves_other_threads(tmp_path):
+    """A Ray worker builds its cache in one thread and encodes in another."""
+    cache = Cache(tmp_path / "c")
+    stored = entries(5)
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            cache.put_many(stored)
+            assert len(cache.get_many(stored)) == 5
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    assert not errors
+    assert len(cache.get_many(stored)) == 5
+
+
+def test_unreadable_cache_url_is_one_line_error(tiny_model, tmp_path):
+    r = CliRunner().invoke(
+        cli, ["softlabel", str(EXAMPLES), "-o", str(tmp_path / "s.zarr"), "--cache-dir", "nosuchprotocol://x/y"]
+    )
+    assert r.exit_code == 1
+    assert r.stderr.count("\n") == 1 and "nosuchprotocol://x/y" in r.stderr
+    assert r.stdout == ""
+
+
+def test_softlabel_with_a_url_cache_resumes_from_it(tiny_model, models_cache, tmp_path, monkeypatch):
+    monkeypatch.setenv("ST_CACHE_DIR", str(models_cache))  # converted models stay local
+    url = f"file://{tmp_path / 'shared-cache'}"
+    runs = []
+    for name in ("a", "b"):
+        args = ["softlabel", str(EXAMPLES), "-o", str(tmp_path / f"{name}.zarr"), "--cache-dir", url]
+        r = CliRunner().invoke(cli, [*args, "--model", str(tiny_model), "--dtype", "float32", "--vocab-size", "100"])
+        assert r.exit_code == 0, r.output
+        runs.append(r.stderr)
+    assert "(200 through the LM, 0 from the cache)" in runs[0]
+    assert "(0 through the LM, 200 from the cache)" in runs[1]
+    assert any(Path(tmp_path / "shared-cache").rglob("*"))
