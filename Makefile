@@ -38,6 +38,7 @@ bench: $(BIN)/.installed
 
 # DSL against the classic topic models on ../shared/data (about an hour on 2 CPU cores; resumable).
 quality: $(BIN)/.installed
+	$(BIN)/pip install -q -e '.[baselines]'
 	$(BIN)/python bench/quality.py --docs $${QUALITY_DOCS:-6000} --out bench/quality.md --readme README.md
 
 completions: $(BIN)/.installed

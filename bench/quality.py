@@ -10,7 +10,9 @@ The headline models run with every seed; the other backbones and the DSL variant
 the first seed only, to keep `make quality` within about an hour on a 2-core CPU (--jobs trainings
 run at once, one thread each).
 
-Usage: python bench/quality.py [--docs 6000] [--k 20 50] [--seeds 0 1 2] [--models dsl,prodlda,ctm,lda] [--jobs 2]
+BERTopic (bench/bertopic_baseline.py) needs the baselines extra: pip install '.[baselines]'.
+
+Usage: python bench/quality.py [--docs 6000] [--k 20 50] [--seeds 0 1 2] [--models dsl,prodlda,ctm,lda,bertopic]
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ MODELS: dict[str, tuple[str, list[str]]] = {
     "prodlda": ("ProdLDA (bag of words)", ["--target", "bow", "--input", "bow"]),
     "ctm": ("Contextual BoW (CombinedTM-like)", ["--target", "bow", "--input", "hidden"]),
     "lda": ("LDA (gensim)", ["--backbone", "lda"]),
+    # Not an st model: bench/bertopic_baseline.py, measured with st eval's metrics.
+    "bertopic": ("BERTopic (MiniLM, UMAP, k-means)", []),
 }
 
 
@@ -84,7 +88,22 @@ def encode(name: str, n: int, work: Path) -> Path:
     return store
 
 
+def bertopic(store: Path, k: int, seed: int, work: Path) -> dict:
+    script = ROOT / "bench" / "bertopic_baseline.py"
+    emb = work / f"{store.stem}.minilm.npy"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    t = time.perf_counter()
+    cmd = [sys.executable, str(script), "--store", str(store), "-k", str(k), "--seed", str(seed)]
+    cmd += ["--embeddings", str(emb)]
+    r = subprocess.run(cmd, capture_output=True, env=env)
+    if r.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{r.stderr.decode()[-2000:]}")
+    return {**orjson.loads(r.stdout.splitlines()[-1]), "train_s": time.perf_counter() - t}
+
+
 def run_one(store: Path, model: str, k: int, seed: int, work: Path, epochs: int | None) -> dict:
+    if model == "bertopic":
+        return bertopic(store, k, seed, work)
     folder = work / "models" / f"{store.stem}-{model}-k{k}-s{seed}"
     flags = MODELS[model][1] + (["--epochs", str(epochs)] if epochs and model != "lda" else [])
     t = time.perf_counter()
@@ -121,7 +140,7 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=6000)
     ap.add_argument("--k", type=int, nargs="+", default=[20, 50])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--models", default="dsl,prodlda,ctm,lda")
+    ap.add_argument("--models", default="dsl,prodlda,ctm,lda,bertopic")
     ap.add_argument("--extra", default="dsl-pure,dsl-dec1,dsl-bow5,dsl-etm,dsl-ecrtm,dsl-fastopic")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--extra-k", type=int, nargs="+", default=None, help="Run the extras at these K only.")

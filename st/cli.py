@@ -853,7 +853,7 @@ def eval_command(
         row: dict[str, Any] = {"model": model.id, "k": int(theta.shape[1]), "documents": int(store.rows)}
         with console.progress(f"st eval {model.id}", total=len(wanted), unit="metrics") as bar:
             for m in wanted:
-                row[m] = _metric(ev, m, topics, texts, theta, gold, top_words, divergence, balanced, row)
+                row[m] = ev.measure(m, topics, texts, theta, gold, top_words, divergence, balanced, row)
                 bar.advance()
         if llm_rating:
             if rating_lm is None:
@@ -862,42 +862,6 @@ def eval_command(
             row["llm_rating"] = round(float(np.mean(ratings)), 6)
         results.append(row)
     _eval_output(results, fmt)
-
-
-def _metric(
-    ev: Any,
-    m: str,
-    topics: list[list[str]],
-    texts: Any,
-    theta: Any,
-    gold: Any,
-    top_words: int,
-    divergence: str,
-    balanced: int | None,
-    row: dict[str, Any],
-) -> float:
-    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
-
-    if m in ("npmi", "cv"):
-        return round(ev.coherence(topics, texts, "c_npmi" if m == "npmi" else "c_v", top_words), 6)
-    if m == "td":
-        return round(ev.topic_diversity(topics, 25), 6)
-    if m == "irbo":
-        return round(ev.inverted_rbo(topics, top_words), 6)
-    pred = theta.argmax(axis=1)
-    scores = {
-        "purity": ev.purity,
-        "inverse_purity": ev.inverse_purity,
-        "harmonic_purity": ev.harmonic_purity,
-        "nmi": lambda p, g: normalized_mutual_info_score(g, p),
-        "ari": lambda p, g: adjusted_rand_score(g, p),
-    }
-    if m in scores:
-        return round(float(scores[m](pred, gold)), 6)
-    if "_p@k" not in row:
-        rows = ev.balanced_subset(gold, balanced) if balanced else np.arange(len(theta))
-        row["_p@k"] = ev.precision_at(theta[rows], gold[rows], (1, 5, 10), divergence)
-    return round(row["_p@k"][int(m[2:])], 6)
 
 
 def _eval_output(results: list[dict[str, Any]], fmt: str) -> None:

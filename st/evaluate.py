@@ -8,6 +8,7 @@ products: memory stays bounded whatever the number of documents.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -220,3 +221,42 @@ def llm_rating(topics: Sequence[Sequence[str]], lm, cache, topn: int = 10) -> li
     p = np.exp(z - z.max(axis=1, keepdims=True))
     p /= p.sum(axis=1, keepdims=True)
     return (p @ np.array([1.0, 2.0, 3.0])).tolist()
+
+
+def measure(
+    m: str,
+    topics: Sequence[Sequence[str]],
+    texts: Sequence[Sequence[str]] | None,
+    theta: np.ndarray,
+    gold: np.ndarray | None,
+    top_words: int = 10,
+    divergence: str = "kl",
+    balanced: int | None = None,
+    memo: dict[str, Any] | None = None,
+) -> float:
+    """One metric of `st eval` for a model's topics and θ (`memo` keeps P@k between calls)."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+    memo = {} if memo is None else memo
+    if m in ("npmi", "cv"):
+        assert texts is not None
+        return round(coherence(topics, texts, "c_npmi" if m == "npmi" else "c_v", top_words), 6)
+    if m == "td":
+        return round(topic_diversity(topics, 25), 6)
+    if m == "irbo":
+        return round(inverted_rbo(topics, top_words), 6)
+    assert gold is not None
+    pred = theta.argmax(axis=1)
+    scores = {
+        "purity": purity,
+        "inverse_purity": inverse_purity,
+        "harmonic_purity": harmonic_purity,
+        "nmi": lambda p, g: normalized_mutual_info_score(g, p),
+        "ari": lambda p, g: adjusted_rand_score(g, p),
+    }
+    if m in scores:
+        return round(float(scores[m](pred, gold)), 6)
+    if "_p@k" not in memo:
+        rows = balanced_subset(gold, balanced) if balanced else np.arange(len(theta))
+        memo["_p@k"] = precision_at(theta[rows], gold[rows], (1, 5, 10), divergence)
+    return round(memo["_p@k"][int(m[2:])], 6)

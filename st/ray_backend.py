@@ -121,12 +121,26 @@ class RayEncoder:
         return "bfloat16" if cpu_has_fast_bf16() else "float32"
 
     def start(self) -> Any:
-        from st.lm import load_tokenizer, resolve
+        from transformers import AutoConfig
+
+        from st.lm import load_tokenizer, local_folder, resolve
 
         ray = _ray()
         source = resolve(self.spec.model)
-        tokenizer = load_tokenizer(source, Path(self.spec.models_dir), self.spec.trust_remote_code)
+        models = Path(self.spec.models_dir)
+        tokenizer = load_tokenizer(source, models, self.spec.trust_remote_code)
         self.spec.dtype = self._resolved_dtype()
+        # What the workers will report, known before any of them starts, so that the store is
+        # created (or refused) first; each worker's own is checked against it.
+        self.identity = {**source.identity, "dtype": self.spec.dtype}
+        try:
+            config = AutoConfig.from_pretrained(
+                local_folder(source, models), trust_remote_code=self.spec.trust_remote_code
+            )
+        except (OSError, ValueError) as e:
+            raise StError(f"{source.name}: cannot read the model's configuration: {str(e).splitlines()[0]}") from None
+        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        self.hidden_size = int(text_config.hidden_size)
         if not ray.is_initialized():
             # Worker output is not forwarded: stdout carries records only.
             with console.status("starting Ray"):
@@ -223,13 +237,10 @@ class RayEncoder:
                 if chunk != expected:
                     raise StError(f"Ray returned chunk {chunk} where chunk {expected} was due")
                 identity = orjson.loads(row["identity"])
-                if not self.identity:
-                    self.identity = identity
-                elif identity != self.identity:
-                    raise StError(f"Ray workers disagree on the LM: {identity} against {self.identity}")
+                if identity != self.identity:
+                    raise StError(f"a Ray worker loaded another LM: {identity}, not {self.identity}")
                 n = sizes[chunk]
-                hidden = np.frombuffer(row["hidden"], dtype=np.float32).reshape(n, -1)
-                self.hidden_size = hidden.shape[1]
+                hidden = np.frombuffer(row["hidden"], dtype=np.float32).reshape(n, self.hidden_size)
                 logits = None
                 if vocabulary is not None:
                     logits = np.frombuffer(row["logits"], dtype=np.float32).reshape(n, len(vocabulary.words))

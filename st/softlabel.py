@@ -113,7 +113,7 @@ def project_vocabulary(tokenizer: Any, words: list[str], unique_prefix: bool) ->
 class Encoder(Protocol):
     """Turns chunks of texts into (hidden, logits) per chunk, in order, through the LM and cache."""
 
-    identity: dict[str, str]  # the LM's, known once the first chunk is out
+    identity: dict[str, str]  # the LM's, known once started
     hidden_size: int
     documents_computed: int  # cache misses that went through the LM
 
@@ -198,7 +198,7 @@ def encode_corpus(
     fails at once. With `kind="softlabel"`, `words` is the vocabulary."""
     name = name or records.source_name(path)
     summary = Summary()
-    writer: StoreWriter | HiddenWriter | None = None
+    writer: StoreWriter | HiddenWriter
     target = embed_target(output) if kind == "embed" else None
     store_path = str(Path(output).absolute())
     chunks = _chunked(_documents(path, opts, summary, name), opts.chunk_rows)
@@ -217,40 +217,42 @@ def encode_corpus(
             pending.append(chunk)
             yield [d.text for d in chunk]
 
+    # The store is created (or refused) before any LM work, so a bad output path fails at once and
+    # an interrupted run leaves an incomplete store that says how to resume.
+    if target is not None:
+        source = {
+            "lm": encoder.identity,
+            "max_tokens": opts.max_tokens,
+            "prompt": {"template": opts.prompt.template, "instruction": opts.prompt.instruction},
+        }
+        writer = HiddenWriter(target, encoder.hidden_size, source, chunk_rows=opts.chunk_rows)
+        console.info(f"adding hidden states to the soft-label store {target.path}")
+    else:
+        attrs = {
+            "kind": kind,
+            "lm": encoder.identity,
+            "prompt": {"template": opts.prompt.template, "instruction": opts.prompt.instruction},
+            "max_tokens": opts.max_tokens,
+            "hidden_size": encoder.hidden_size,
+            "text_field": opts.text_field,
+        }
+        if vocabulary is not None:
+            attrs.update(
+                temperature=opts.temperature,
+                vocab_fingerprint=vocabulary.fingerprint,
+                vocab_size=len(vocabulary.words),
+            )
+        writer = StoreWriter(
+            output,
+            attrs,
+            encoder.hidden_size,
+            vocabulary.words if vocabulary else None,
+            chunk_rows=opts.chunk_rows,
+            force=opts.force,
+        )
     with console.progress(f"st {kind}", total=count_lines(path)) as bar:
         for hidden, logits in encoder.encode(texts(), vocabulary, opts, bar.advance):
             chunk = pending.popleft()
-            if writer is None and target is not None:
-                source = {
-                    "lm": encoder.identity,
-                    "max_tokens": opts.max_tokens,
-                    "prompt": {"template": opts.prompt.template, "instruction": opts.prompt.instruction},
-                }
-                writer = HiddenWriter(target, encoder.hidden_size, source, chunk_rows=opts.chunk_rows)
-                console.info(f"adding hidden states to the soft-label store {target.path}")
-            if writer is None:
-                attrs = {
-                    "kind": kind,
-                    "lm": encoder.identity,
-                    "prompt": {"template": opts.prompt.template, "instruction": opts.prompt.instruction},
-                    "max_tokens": opts.max_tokens,
-                    "hidden_size": encoder.hidden_size,
-                    "text_field": opts.text_field,
-                }
-                if vocabulary is not None:
-                    attrs.update(
-                        temperature=opts.temperature,
-                        vocab_fingerprint=vocabulary.fingerprint,
-                        vocab_size=len(vocabulary.words),
-                    )
-                writer = StoreWriter(
-                    output,
-                    attrs,
-                    encoder.hidden_size,
-                    vocabulary.words if vocabulary else None,
-                    chunk_rows=opts.chunk_rows,
-                    force=opts.force,
-                )
             bad = ~np.isfinite(hidden).all(axis=1)
             if logits is not None:
                 bad |= ~np.isfinite(logits).all(axis=1)
@@ -273,7 +275,6 @@ def encode_corpus(
             summary.documents += len(chunk)
         bar.finish()
     summary.lm_documents = encoder.documents_computed
-    assert writer is not None
     writer.finish()
     if summary.skipped_empty:
         shown = ", ".join(map(str, summary.skipped_empty[:5]))
