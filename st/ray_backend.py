@@ -64,8 +64,15 @@ class ChunkEncoder:
         self.opts = Options(prompt=prompt, **opts)
         self.vocabulary = None
         if vocabulary is not None:
+            from st.lm import WholeWords
+
             ids = np.asarray(vocabulary["token_ids"], dtype=np.int64)
-            self.vocabulary = Vocabulary(vocabulary["words"], ids, vocabulary["fingerprint"])
+            whole = (
+                WholeWords.from_tokens(vocabulary["tokens"], self.opts.whole_words) if self.opts.whole_words else None
+            )
+            self.vocabulary = Vocabulary(
+                vocabulary["words"], ids, vocabulary["fingerprint"], vocabulary["tokens"], whole
+            )
         self.identity = orjson.dumps(self.lm.identity, option=orjson.OPT_SORT_KEYS).decode()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
@@ -201,6 +208,7 @@ class RayEncoder:
             "batch_tokens": opts.batch_tokens,
             "batch_size": opts.batch_size,
             "chunk_rows": opts.chunk_rows,
+            "whole_words": opts.whole_words,
             "prompt": {"template": opts.prompt.template, "instruction": opts.prompt.instruction},
         }
         vocab_spec = None
@@ -209,6 +217,7 @@ class RayEncoder:
                 "words": vocabulary.words,
                 "token_ids": vocabulary.token_ids.tolist(),
                 "fingerprint": vocabulary.fingerprint,
+                "tokens": vocabulary.tokens,
             }
         console.info(
             f"Ray: {len(items)} chunks over {workers} workers "

@@ -25,7 +25,7 @@ from st.prompt import Prompt
 from st.store import CHUNK_ROWS, HiddenWriter, StoreWriter, embed_target
 
 if TYPE_CHECKING:  # importing torch takes seconds; bad input should fail before that
-    from st.lm import LM
+    from st.lm import LM, WholeWords
 
 
 @dataclass
@@ -39,6 +39,7 @@ class Options:
     batch_size: int | None = None
     chunk_rows: int = CHUNK_ROWS
     force: bool = False  # replace a store even if it holds trained models
+    whole_words: int = 0  # shared first sub-tokens per document scored by their second sub-token
 
 
 @dataclass
@@ -54,6 +55,8 @@ class Vocabulary:
     words: list[str]
     token_ids: np.ndarray
     fingerprint: str
+    tokens: list[list[int]] = field(default_factory=list)  # each word's LM sub-tokens
+    whole_words: WholeWords | None = None
 
 
 def spool_stdin(path: str) -> tuple[str, Callable[[], None]]:
@@ -98,16 +101,21 @@ def corpus_vocabulary(path: str, opts: Options, size: int, name: str) -> list[st
     return words
 
 
-def project_vocabulary(tokenizer: Any, words: list[str], unique_prefix: bool) -> Vocabulary:
+def project_vocabulary(tokenizer: Any, words: list[str], unique_prefix: bool, whole_words: int = 0) -> Vocabulary:
     projection = vocab.project(words, tokenizer)
     if projection.collisions:
         if unique_prefix:
             words = vocab.unique_prefix(words, projection)
             projection = vocab.project(words, tokenizer)
             console.info(f"--unique-prefix: kept {len(words)} words, one per first sub-token")
-        else:
+        elif not whole_words:
             console.warn(vocab.collision_report(projection, tokenizer))
-    return Vocabulary(list(words), projection.token_ids, vocab.fingerprint(words))
+    whole = None
+    if whole_words:
+        from st.lm import WholeWords
+
+        whole = WholeWords.from_tokens(projection.tokens, whole_words)
+    return Vocabulary(list(words), projection.token_ids, vocab.fingerprint(words), projection.tokens, whole)
 
 
 class Encoder(Protocol):
@@ -168,6 +176,7 @@ def encode_chunk(
         vocab_token_ids=vocabulary.token_ids if vocabulary else None,
         vocab_fingerprint=vocabulary.fingerprint if vocabulary else None,
         on_batch=advance,
+        whole_words=vocabulary.whole_words if vocabulary else None,
     )
 
 
@@ -209,7 +218,7 @@ def encode_corpus(
     vocabulary = None
     if kind == "softlabel":
         assert words is not None
-        vocabulary = project_vocabulary(tokenizer, words, unique_prefix)
+        vocabulary = project_vocabulary(tokenizer, words, unique_prefix, opts.whole_words)
     pending: deque[list[records.Document]] = deque()
 
     def texts() -> Iterator[list[str]]:
@@ -241,6 +250,7 @@ def encode_corpus(
                 temperature=opts.temperature,
                 vocab_fingerprint=vocabulary.fingerprint,
                 vocab_size=len(vocabulary.words),
+                whole_words=opts.whole_words,
             )
         writer = StoreWriter(
             output,

@@ -85,6 +85,7 @@ class Projection:
 
     token_ids: np.ndarray  # (V,) first sub-token of " " + word
     collisions: dict[int, list[str]]  # token id -> the words (2 or more) that share it
+    tokens: list[list[int]]  # each word's sub-tokens
 
     @property
     def n_colliding_words(self) -> int:
@@ -94,6 +95,7 @@ class Projection:
 def project(words: Sequence[str], tokenizer) -> Projection:  # noqa: ANN001 (a transformers tokenizer)
     encoded = tokenizer([" " + w for w in words], add_special_tokens=False)["input_ids"]
     ids = np.empty(len(words), dtype=np.int64)
+    tokens = []
     for i, (word, toks) in enumerate(zip(words, encoded, strict=True)):
         # SentencePiece tokenizers may emit a bare space piece first; it says nothing about the word.
         while len(toks) > 1 and not tokenizer.decode(toks[:1]).strip():
@@ -101,10 +103,11 @@ def project(words: Sequence[str], tokenizer) -> Projection:  # noqa: ANN001 (a t
         if not toks:
             raise InputError(f"the LM tokenizer gives no token for the word {word!r}")
         ids[i] = toks[0]
+        tokens.append(list(toks))
     groups: dict[int, list[str]] = {}
     for word, t in zip(words, ids.tolist(), strict=True):
         groups.setdefault(t, []).append(word)
-    return Projection(ids, {t: ws for t, ws in groups.items() if len(ws) > 1})
+    return Projection(ids, {t: ws for t, ws in groups.items() if len(ws) > 1}, tokens)
 
 
 def unique_prefix(words: Sequence[str], projection: Projection) -> list[str]:

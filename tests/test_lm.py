@@ -216,3 +216,74 @@ def test_available_cores_honours_affinity_and_a_cgroup_quota(tmp_path):
     assert available_cores(tmp_path / "cpu.max") == affinity
     (tmp_path / "cpu.max").write_text("50000 100000\n")  # half a core: still one thread
     assert available_cores(tmp_path / "cpu.max") == 1
+
+
+SHARED_WORDS = ["javascript", "jdbc", "jquery", "jsp", "dll", "ddl", "drupal", "java", "python", "linux", "server"]
+
+
+def direct_whole_words(folder: Path, texts: list[str], words: list[str], top: int) -> np.ndarray:
+    """log P(word) as transformers gives it, prompt by prompt: a word whose first sub-token no
+    other word has scores log P(t1); one that shares it, log P(t1) + log P(t2 | t1) from a second
+    forward pass over prompt + t1, for the `top` most probable shared first sub-tokens (an evenly
+    split log P(t1) for the others)."""
+    tok = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    pieces = [tok(" " + w, add_special_tokens=False)["input_ids"] for w in words]
+    by_first: dict[int, list[int]] = {}
+    for i, p in enumerate(pieces):
+        by_first.setdefault(p[0], []).append(i)
+    out = np.zeros((len(texts), len(words)))
+    for d, text in enumerate(texts):
+        ids = tok(Prompt().render(text))["input_ids"]
+
+        def next_logp(prefix: list[int]) -> torch.Tensor:
+            with torch.no_grad():
+                return torch.log_softmax(model(torch.tensor([prefix])).logits[0, -1].float(), dim=-1)
+
+        p1 = next_logp(ids)
+        shared = {t: members for t, members in by_first.items() if len(members) > 1}
+        ranked = sorted(shared, key=lambda t: -float(p1[t]))[:top]
+        for t, members in by_first.items():
+            if len(members) == 1:
+                out[d, members[0]] = float(p1[t])
+            elif t not in ranked:
+                for i in members:
+                    out[d, i] = float(p1[t]) - np.log(len(members))
+            else:
+                p2 = next_logp([*ids, t])
+                seconds = {pieces[i][1] for i in members if len(pieces[i]) > 1}
+                for i in members:
+                    if len(pieces[i]) > 1:
+                        twins = sum(1 for j in members if pieces[j][:2] == pieces[i][:2])
+                        out[d, i] = float(p1[t] + p2[pieces[i][1]]) - np.log(twins)
+                    else:
+                        rest = 1 - float(torch.exp(torch.logsumexp(p2[list(seconds)], 0))) if seconds else 1.0
+                        out[d, i] = float(p1[t]) + np.log(rest)
+    return out
+
+
+@pytest.mark.parametrize("top", [1, 8])
+def test_whole_word_probabilities_match_transformers(top, tiny_model, cache_dir):
+    from st import vocab
+    from st.lm import WholeWords
+
+    lm = LM(str(tiny_model), dtype="float32", cache_dir=cache_dir)
+    projection = vocab.project(SHARED_WORDS, lm.tokenizer)
+    assert len(projection.collisions) >= 2  # " j" and " d" at least
+    words = WholeWords.from_tokens(projection.tokens, top)
+    _, got = lm.encode(
+        DOCS,
+        Prompt(),
+        512,
+        Cache(cache_dir),
+        batch_tokens=64,  # several batches, padding, and the shared prefix
+        vocab_token_ids=projection.token_ids,
+        vocab_fingerprint=f"test-{top}",
+        whole_words=words,
+    )
+    expected = direct_whole_words(tiny_model, DOCS, SHARED_WORDS, top)
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+    # A distinct word per shared first sub-token now: the collided words no longer tie.
+    j_words = [SHARED_WORDS.index(w) for w in ("javascript", "jdbc", "jquery", "jsp")]
+    if top == 8:
+        assert len(set(np.round(got[0, j_words], 5))) > 1
