@@ -54,6 +54,9 @@ def main() -> None:
     ap.add_argument("-k", type=int, required=True)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--embeddings", default=None, help="Where to keep the MiniLM embeddings between runs.")
+    ap.add_argument(
+        "--lm-hidden", action="store_true", help="Cluster the store's LM hidden states instead of MiniLM's embeddings."
+    )
     args = ap.parse_args()
     try:
         from bertopic import BERTopic
@@ -75,7 +78,10 @@ def main() -> None:
     # words such as "café" (and then divide by their zero count): it sees plain aliases instead.
     alias = {w: f"w{i}" for i, w in enumerate(words)}
     in_vocab = [" ".join(alias[w] for w in doc if w in known) for doc in tokens]
-    emb = embeddings(texts, Path(args.embeddings) if args.embeddings else None)
+    if args.lm_hidden:
+        emb = store.array("hidden")
+    else:
+        emb = embeddings(texts, Path(args.embeddings) if args.embeddings else None)
 
     model = BERTopic(
         umap_model=UMAP(n_neighbors=15, n_components=5, min_dist=0.0, metric="cosine", random_state=args.seed),
@@ -96,7 +102,8 @@ def main() -> None:
     theta[empty] = onehot[empty]
     theta /= theta.sum(axis=1, keepdims=True)
 
-    row: dict = {"model": f"bertopic-k{args.k}-s{args.seed}", "k": args.k, "documents": len(texts)}
+    name = "bertopic-lm-hidden" if args.lm_hidden else "bertopic"
+    row: dict = {"model": f"{name}-k{args.k}-s{args.seed}", "k": args.k, "documents": len(texts)}
     memo: dict = {}
     for m in METRICS:
         # Clustering metrics on BERTopic's own assignment; retrieval on its topic distributions.

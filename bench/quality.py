@@ -55,9 +55,10 @@ MODELS: dict[str, tuple[str, list[str]]] = {
 }
 
 
-def st(*args: str, stdin: bytes | None = None) -> bytes:
+def st(*args: str, stdin: bytes | None = None, threads: str | None = None) -> bytes:
+    """`st` in a subprocess; one thread unless told, since --jobs trainings run side by side."""
     exe = Path(sys.executable).with_name("st")
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    env = {**os.environ, "OMP_NUM_THREADS": threads or os.environ.get("OMP_NUM_THREADS", "1")}
     r = subprocess.run([str(exe), *args], input=stdin, capture_output=True, env=env)
     if r.returncode != 0:
         raise RuntimeError(f"st {' '.join(args)} failed:\n{r.stderr.decode()[-2000:]}")
@@ -94,7 +95,7 @@ def encode(name: str, n: int, work: Path, flags: list[str] | None = None) -> Pat
     docs = work / f"{name}.jsonl"
     docs.write_bytes(b"\n".join(stratified(name, n)) + b"\n")
     t = time.perf_counter()
-    st("softlabel", str(docs), "-o", str(store), "--force", *flags)
+    st("softlabel", str(docs), "-o", str(store), "--force", *flags, threads=str(os.cpu_count() or 1))
     print(f"{name} {' '.join(flags)}: encoded in {time.perf_counter() - t:.0f} s", file=sys.stderr)
     return store
 

@@ -123,7 +123,8 @@ def collision_report(projection: Projection, tokenizer, examples: int = 3) -> st
     )
     return (
         f"{projection.n_colliding_words} words share {len(groups)} first sub-tokens and so get identical "
-        f"soft-label probabilities (e.g. {shown}); --unique-prefix keeps the most frequent word of each"
+        f"soft-label probabilities (e.g. {shown}); `st softlabel --whole-words 8` tells them apart, "
+        "--unique-prefix keeps the most frequent word of each"
     )
 
 
