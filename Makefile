@@ -36,7 +36,7 @@ lint: $(BIN)/.installed
 bench: $(BIN)/.installed
 	$(BIN)/python bench/bench.py --docs $${BENCH_DOCS:-2000} --out bench/results.md --readme README.md
 
-# DSL against the classic topic models on ../shared/data (about an hour on 2 CPU cores; resumable).
+# DSL against the classic topic models and BERTopic on ../shared/data (hours on 2 CPU cores; resumable).
 quality: $(BIN)/.installed
 	$(BIN)/pip install -q -e '.[baselines]'
 	$(BIN)/python bench/quality.py --docs $${QUALITY_DOCS:-6000} --out bench/quality.md --readme README.md

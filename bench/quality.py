@@ -7,7 +7,7 @@ with `st eval`. The table (mean ± std over seeds) goes to --out and, between th
 into the README. Finished runs are kept in WORK/results.jsonl, so an interrupted run resumes.
 
 The headline models run with every seed; the other backbones and the DSL variants (--extra) with
-the first seed only, to keep `make quality` within about an hour on a 2-core CPU (--jobs trainings
+the first seed only, to keep `make quality` within a few hours on a 2-core CPU (--jobs trainings
 run at once, one thread each).
 
 BERTopic (bench/bertopic_baseline.py) needs the baselines extra: pip install '.[baselines]'.
