@@ -235,40 +235,38 @@ class RayEncoder:
             runtime_env={"env_vars": {"OMP_NUM_THREADS": str(int(cpus))}},
         )
         expected = 0
-        quiet = warnings.catch_warnings()
-        quiet.__enter__()
-        warnings.simplefilter("ignore")  # Ray's advice on tuning goes to its logs, not to our users
         for name in ("ray", "ray.data"):
             logging.getLogger(name).setLevel(logging.ERROR)
-        try:
-            for row in dataset.iter_rows():
-                chunk = int(row["chunk"])
-                if chunk != expected:
-                    raise StError(f"Ray returned chunk {chunk} where chunk {expected} was due")
-                identity = orjson.loads(row["identity"])
-                if identity != self.identity:
-                    raise StError(f"a Ray worker loaded another LM: {identity}, not {self.identity}")
-                n = sizes[chunk]
-                hidden = np.frombuffer(row["hidden"], dtype=np.float32).reshape(n, self.hidden_size)
-                logits = None
-                if vocabulary is not None:
-                    logits = np.frombuffer(row["logits"], dtype=np.float32).reshape(n, len(vocabulary.words))
-                self.documents_computed += int(row["computed"])
-                advance(n)
-                expected += 1
-                yield hidden, logits
-        except StError:
-            raise
-        except Exception as e:  # noqa: BLE001 - Ray wraps worker errors in many types
-            cause = _cause(e)
-            if isinstance(cause, StError):
-                raise StError(str(cause)) from None
-            first = (str(cause).strip().splitlines() or [type(cause).__name__])[-1]
-            raise StError(f"the Ray run failed: {type(cause).__name__}: {first}") from None
-        finally:
-            quiet.__exit__(None, None, None)
-            if self.started_ray:
-                ray.shutdown()
-                self.started_ray = False
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Ray's advice on tuning goes to its logs, not to our users
+            try:
+                for row in dataset.iter_rows():
+                    chunk = int(row["chunk"])
+                    if chunk != expected:
+                        raise StError(f"Ray returned chunk {chunk} where chunk {expected} was due")
+                    identity = orjson.loads(row["identity"])
+                    if identity != self.identity:
+                        raise StError(f"a Ray worker loaded another LM: {identity}, not {self.identity}")
+                    n = sizes[chunk]
+                    hidden = np.frombuffer(row["hidden"], dtype=np.float32).reshape(n, self.hidden_size)
+                    logits = None
+                    if vocabulary is not None:
+                        logits = np.frombuffer(row["logits"], dtype=np.float32).reshape(n, len(vocabulary.words))
+                    self.documents_computed += int(row["computed"])
+                    advance(n)
+                    expected += 1
+                    yield hidden, logits
+            except StError:
+                raise
+            except Exception as e:  # noqa: BLE001 - Ray wraps worker errors in many types
+                cause = _cause(e)
+                if isinstance(cause, StError):
+                    raise StError(str(cause)) from None
+                first = (str(cause).strip().splitlines() or [type(cause).__name__])[-1]
+                raise StError(f"the Ray run failed: {type(cause).__name__}: {first}") from None
+            finally:
+                if self.started_ray:
+                    ray.shutdown()
+                    self.started_ray = False
         if expected != len(items):
             raise StError(f"Ray returned {expected} of {len(items)} chunks")
