@@ -442,8 +442,6 @@ class LM:
         shared = member >= 0
         out[:, shared] -= torch.log(sizes[member[shared]])  # the even split, replaced below where computed
         top = min(words.top, len(words.groups))
-        if top == 0:
-            return hidden, out
         n = hidden.shape[0]
         chosen = logp[:, groups].topk(top, dim=1).indices  # (n, top) group indices per document
         doc = torch.arange(n, device=logp.device).repeat_interleave(top)
@@ -595,12 +593,11 @@ class LM:
                 self.tokens_computed += int(batch.attention_mask.sum())
                 entries = {keys[missing[r]]: v for r, v in zip(batch.rows, h.float().cpu().numpy(), strict=True)}
                 found.update(entries)
-                if whole:
-                    rows = zip(batch.rows, word_logp.cpu().numpy(), strict=True)
-                    found_logits.update({logit_keys[missing[r]]: v for r, v in rows})
-                    entries.update({k: found_logits[k] for k in (logit_keys[missing[r]] for r in batch.rows)})
-                elif logit_keys:
-                    full = self._full_logits(batch)[:, torch.as_tensor(vocab_token_ids, device=self.device)]
+                if logit_keys:
+                    if whole:
+                        full = word_logp
+                    else:
+                        full = self._full_logits(batch)[:, torch.as_tensor(vocab_token_ids, device=self.device)]
                     rows = zip(batch.rows, full.float().cpu().numpy(), strict=True)
                     found_logits.update({logit_keys[missing[r]]: v for r, v in rows})
                     entries.update({k: found_logits[k] for k in (logit_keys[missing[r]] for r in batch.rows)})
