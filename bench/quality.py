@@ -37,7 +37,8 @@ METRICS = ["npmi", "cv", "td", "purity", "nmi", "p@10"]
 
 # name: (label in the table, `st train` flags)
 MODELS: dict[str, tuple[str, list[str]]] = {
-    "dsl": ("DSL-ProdLDA (st default: target + 0.3 bag of words)", []),
+    "dsl": ("DSL-ProdLDA (st default: target + 0.3 bag of words, salient topic words)", []),
+    "dsl-beta": ("DSL-ProdLDA, topic words ranked by β (the paper's)", ["--topic-words", "beta"]),
     "dsl-pure": ("DSL-ProdLDA, the soft label alone (the paper's target)", ["--bow-weight", "0"]),
     "dsl-dec1": ("DSL-ProdLDA, decoder τ = 1 (default: the target's τ, 3)", ["--decoder-temperature", "1"]),
     "dsl-dec2": ("DSL-ProdLDA, decoder τ = 2", ["--decoder-temperature", "2"]),
@@ -157,7 +158,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, nargs="+", default=[20, 50])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--models", default="dsl,prodlda,ctm,lda,bertopic")
-    ap.add_argument("--extra", default="dsl-pure,dsl-dec1,dsl-dec2,dsl-bow5,dsl-ww8,dsl-etm,dsl-ecrtm,dsl-fastopic")
+    ap.add_argument("--extra", default="dsl-beta,dsl-pure,dsl-dec1,dsl-dec2,dsl-bow5,dsl-ww8,dsl-etm,dsl-ecrtm,dsl-fastopic")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--extra-k", type=int, nargs="+", default=None, help="Run the extras at these K only.")
     ap.add_argument("--table-only", action="store_true", help="Write the table from the finished runs; train nothing.")

@@ -602,6 +602,14 @@ def _training_rows(input: str | None, store_path: str | None) -> tuple[Any, Any,
 )
 @click.option("--top-words", default=15, show_default=True, type=click.IntRange(min=1), help="Words printed per topic.")
 @click.option(
+    "--topic-words",
+    "topic_words",
+    type=click.Choice(["salient", "beta"]),
+    default="salient",
+    show_default=True,
+    help="Rank a topic's words by their salience in its documents, or by β alone.",
+)
+@click.option(
     "--docs", is_flag=True, help="Print one record per document (input record + theta + topic) instead of topics."
 )
 @quiet_option
@@ -630,6 +638,7 @@ def train(
     checkpoint_every: int,
     seed: int,
     top_words: int,
+    topic_words: str,
     docs: bool,
 ) -> None:
     """Train a topic model on soft labels (DSL), or a bag-of-words baseline.
@@ -665,6 +674,7 @@ def train(
         epochs=epochs,
         samples=samples,
         seed=seed,
+        topic_words=topic_words,
         checkpoint_every=checkpoint_every,
     )
     model, _ = train_mod.train(store, rows, opts)

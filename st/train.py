@@ -55,6 +55,7 @@ class TrainOptions:
     dropout: float = 0.2
     theta_dropout: float = 0.2
     embedding_size: int = 200  # etm, ecrtm
+    topic_words: str = "salient"  # salient | beta: how a topic's words are ranked
     checkpoint_every: int = 10  # epochs; 0: never. Not part of the model's identity.
 
 
@@ -63,19 +64,25 @@ class TopicModel:
     model: VAE | FASTopic | GensimLDA
     config: dict[str, Any]
     vocab: list[str]
+    salience: np.ndarray | None = None  # K x V, see `salience`
 
     @property
     def id(self) -> str:
         return str(self.config["id"])
 
     def topic_word(self) -> np.ndarray:
-        """K x V: each topic's distribution over the vocabulary."""
+        """K x V: each topic's distribution over the vocabulary (β)."""
         if isinstance(self.model, GensimLDA):
             return self.model.topic_word()
         return self.model.topic_word().numpy()
 
+    def word_scores(self) -> np.ndarray:
+        """K x V: what a topic's words are ranked by, β or the words' salience."""
+        ranking = self.config["training"].get("topic_words", "beta")
+        return self.salience if ranking == "salient" and self.salience is not None else self.topic_word()
+
     def topics(self, top_words: int = 15) -> list[dict[str, Any]]:
-        weights = self.topic_word()
+        weights = self.word_scores()
         out = []
         for i, row in enumerate(weights):
             top = np.argsort(-row, kind="stable")[:top_words].tolist()
@@ -96,8 +103,44 @@ class TopicModel:
 
     def state(self) -> dict[str, torch.Tensor]:
         if isinstance(self.model, GensimLDA):
-            return self.model.state()
-        return {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
+            state = self.model.state()
+        else:
+            state = {k: v.detach().contiguous() for k, v in self.model.state_dict().items()}
+        if self.salience is not None:
+            state[SALIENCE_KEY] = torch.from_numpy(np.ascontiguousarray(self.salience, dtype=np.float32))
+        return state
+
+
+SALIENCE_KEY = "st.salience"
+
+
+def salience(theta: np.ndarray, bow: Any, beta: np.ndarray) -> np.ndarray:
+    """K x V: p(w|k)·log(p(w|k)/p(w)), each word's share of how far a topic's documents' words
+    stand apart from the corpus's (its term of KL(p(·|k) ‖ p(·))). p(w|k) comes from the training
+    documents' word counts weighted by their θ, so a topic is named by words its documents use
+    together, which is what coherence rewards; β (the LM's label words) often names a theme with
+    words the documents never contain. A topic without documents, or a corpus without vocabulary
+    words, keeps β."""
+    counts = np.asarray((bow.T @ theta).T, dtype=np.float64)  # K x V, θ-weighted word counts
+    corpus = np.asarray(bow.sum(axis=0), dtype=np.float64).ravel()
+    if corpus.sum() == 0:
+        return beta.astype(np.float32)
+    p_w = corpus / corpus.sum()
+    mass = counts.sum(axis=1, keepdims=True)
+    p_wk = counts / np.where(mass == 0, 1, mass)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        score = np.where(p_wk > 0, p_wk * np.log(p_wk / np.where(p_w > 0, p_w, 1)), 0.0)
+    score = np.where(mass > 0, score, beta)
+    return score.astype(np.float32)
+
+
+def with_salience(model: TopicModel, store: Store, rows: np.ndarray) -> TopicModel:
+    """The model with its words' salience over the training documents (`salience`)."""
+    if model.config["training"].get("topic_words") != "salient":
+        return model
+    theta = model.theta(model_inputs(store, model.config["training"]["input"])[rows])
+    model.salience = salience(theta, store.bow()[rows], model.topic_word())
+    return model
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -261,7 +304,7 @@ def train(store: Store, rows: np.ndarray, opts: TrainOptions) -> tuple[TopicMode
         "max_tokens": store.attrs.get("max_tokens"),
         "input_source": store.attrs.get("hidden_source") if opts.input == "hidden" else None,
     }
-    return TopicModel(model, full, store.vocab()), losses
+    return with_salience(TopicModel(model, full, store.vocab()), store, rows), losses
 
 
 # --- checkpoints (safetensors and JSON, like model folders: nothing is unpickled) ----------------
@@ -342,7 +385,7 @@ def train_lda(store: Store, rows: np.ndarray, opts: TrainOptions) -> TopicModel:
         "max_tokens": store.attrs.get("max_tokens"),
         "input_source": None,
     }
-    return TopicModel(lda, config, store.vocab())
+    return with_salience(TopicModel(lda, config, store.vocab()), store, rows)
 
 
 # --- saving and loading -------------------------------------------------------------------------
@@ -394,6 +437,7 @@ def load(spec: str) -> tuple[TopicModel, Store | None]:
         raise InputError(f"damaged model folder ({e}); train it again", spec) from None
     try:
         state = load_file(str(folder / "model.safetensors"))
+        salient = state.pop(SALIENCE_KEY, None)
         if config.get("backbone") == "lda":
             t = config["training"]
             model: VAE | FASTopic | GensimLDA = GensimLDA.from_state(state, t["seed"], t["passes"], t["iterations"])
@@ -404,4 +448,4 @@ def load(spec: str) -> tuple[TopicModel, Store | None]:
     except Exception as e:  # noqa: BLE001 - safetensors, torch and OS errors all mean the same here
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f"missing or damaged model.safetensors ({first}); train it again", spec) from None
-    return TopicModel(model, config, vocab), store
+    return TopicModel(model, config, vocab, None if salient is None else salient.numpy()), store

@@ -270,6 +270,8 @@ def test_lda_baseline_saves_without_pickle_and_loads_to_the_same_theta(store, tm
         "2",
         "--iterations",
         "20",
+        "--topic-words",
+        "beta",
         "--store",
         str(path),
         "-o",
@@ -402,3 +404,54 @@ def test_bow_weight_mixes_the_documents_own_words_into_the_target(store):
         expected = soft[row] if counts.sum() == 0 else 0.75 * soft[row] + 0.25 * counts / counts.sum()
         np.testing.assert_allclose(mixed[row], expected, atol=1e-6)
     np.testing.assert_allclose(mixed.sum(1), 1, atol=1e-5)
+
+
+def test_salience_is_each_words_term_of_the_topics_kl_from_the_corpus():
+    import math
+
+    from scipy import sparse
+
+    from st.train import salience
+
+    counts = [[2, 1, 0, 0], [0, 1, 3, 0], [0, 0, 0, 0]]  # the third document has no vocabulary word
+    theta = np.array([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0], [0.5, 0.0, 0.5]])
+    beta = np.arange(12, dtype=np.float64).reshape(3, 4)
+    got = salience(theta, sparse.csr_matrix(np.array(counts, dtype=np.float32)), beta)
+    total = sum(map(sum, counts))
+    for k in range(2):
+        weighted = [sum(theta[d][k] * counts[d][w] for d in range(3)) for w in range(4)]
+        for w in range(4):
+            p_wk = weighted[w] / sum(weighted)
+            p_w = sum(counts[d][w] for d in range(3)) / total
+            expected = p_wk * math.log(p_wk / p_w) if p_wk > 0 else 0.0
+            assert got[k, w] == pytest.approx(expected, abs=1e-6)
+    # Topic 2's only document has no words: it keeps its β row.
+    np.testing.assert_array_equal(got[2], beta[2])
+
+
+def test_topic_words_salient_by_default_or_beta_and_kept_by_save_and_load(store, tmp_path):
+    path, _ = store
+    s = Store(path)
+    bow = s.bow()
+    runs = {}
+    for ranking in ("salient", "beta"):
+        r = run_train(
+            "-k", "4", "--store", str(path), "--epochs", "3", "--topic-words", ranking, "-o", str(tmp_path / ranking)
+        )
+        assert r.exit_code == 0, r.output
+        runs[ranking] = [orjson.loads(x) for x in r.stdout_bytes.splitlines()]
+        model, _ = load(str(tmp_path / ranking))
+        assert model.topics(15) == runs[ranking]  # loaded again: the same topics
+    model, _ = load(str(tmp_path / "beta"))
+    for t, row in zip(runs["beta"], model.topic_word(), strict=True):
+        assert t["words"] == [s.vocab()[j] for j in np.argsort(-row, kind="stable")[:15]]
+    # A salient word is one the topic's documents use more often than the corpus does.
+    model, _ = load(str(tmp_path / "salient"))
+    theta = np.asarray(s.group[f"theta/{model.id}"][:], dtype=np.float64)
+    within = np.asarray((bow.T @ theta).T)
+    corpus = np.asarray(bow.sum(0)).ravel()
+    index = {w: i for i, w in enumerate(s.vocab())}
+    for k, t in enumerate(runs["salient"]):
+        top = index[t["words"][0]]
+        assert within[k, top] / within[k].sum() > corpus[top] / corpus.sum()
+    assert runs["salient"] != runs["beta"]
