@@ -125,8 +125,10 @@ def test_reliability_sigkill_then_rerun(tiny_model, tmp_path, models_cache):
     assert tree_bytes(tmp_path / "run.zarr") == tree_bytes(tmp_path / "ref.zarr")
 
 
-def test_reliability_sigint_exits_130_without_traceback(tiny_model, tmp_path, cache_dir):
+def test_reliability_sigint_exits_130_without_traceback(tiny_model, tmp_path):
     src = corpus(tmp_path, n=3000)
+    # A cache of its own: documents another test cached would let the run finish before the signal.
+    cache_dir = tmp_path / "cache"
     cmd = [
         st_exe(),
         "softlabel",
