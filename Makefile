@@ -39,7 +39,7 @@ bench: $(BIN)/.installed
 # DSL against the classic topic models and BERTopic on ../shared/data (hours on 2 CPU cores; resumable).
 quality: $(BIN)/.installed
 	$(BIN)/pip install -q -e '.[baselines]'
-	$(BIN)/python bench/quality.py --docs $${QUALITY_DOCS:-6000} --out bench/quality.md --readme README.md
+	$(BIN)/python bench/quality.py --docs $${QUALITY_DOCS:-6000} --extra-k 20 --out bench/quality.md --readme README.md
 
 completions: $(BIN)/.installed
 	for shell in bash zsh fish; do $(BIN)/st completion $$shell > completions/st.$$shell; done

@@ -234,7 +234,7 @@ def main() -> None:
             f"\n\nOther backbones and DSL variants, seed {args.seeds[0]} only (the DSL-ProdLDA row repeats the "
             "default for comparison):\n\n"
             + table(
-                [r for r in results if r["seed"] == args.seeds[0]], corpora, args.k, ["dsl", *extra], docs, std=False
+                [r for r in results if r["seed"] == args.seeds[0]], corpora, extra_k, ["dsl", *extra], docs, std=False
             )
         )
     head = (
