@@ -577,6 +577,11 @@ def _training_rows(input: str | None, store_path: str | None) -> tuple[Any, Any,
     help="Mix this share of the document's own normalised bag of words into the soft-label target.",
 )
 @click.option(
+    "--calibrate",
+    is_flag=True,
+    help="Subtract each word's mean logit over the training documents before the softmax.",
+)
+@click.option(
     "--lambda",
     "lam",
     default=None,
@@ -629,6 +634,7 @@ def train(
     topk: int | None,
     sparsity: float | None,
     bow_weight: float,
+    calibrate: bool,
     lam: float | None,
     loss: str,
     lr: float,
@@ -667,6 +673,7 @@ def train(
         topk=topk,
         sparsity=sparsity,
         bow_weight=bow_weight,
+        calibrate=calibrate,
         lam=lam,
         loss=loss,
         lr=lr,

@@ -43,6 +43,7 @@ class TrainOptions:
     topk: int | None = None
     sparsity: float | None = None
     bow_weight: float = 0.3  # the target's share of the document's own normalised bag of words
+    calibrate: bool = False  # subtract each word's mean logit over the training documents first
     lam: float | None = None  # None: 1000 for the VAE backbones, FASTOPIC_LAMBDA for fastopic
     loss: str = "kl"
     lr: float = 2e-3
@@ -173,7 +174,17 @@ def normalized_bow(store: Store) -> np.ndarray:
     return bow / np.where(total == 0, 1, total)
 
 
-def targets(store: Store, opts: TrainOptions) -> tuple[np.ndarray, float]:
+def calibrated(logits: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """Logits less each word's mean logit over the (training) documents: what the LM says of every
+    document alike, such as favouring words that share a common first sub-token, is no one
+    document's topic (contextual calibration)."""
+    logits = logits.astype(np.float64)
+    return logits - logits[rows if rows is not None else slice(None)].mean(axis=0, keepdims=True)
+
+
+def targets(store: Store, opts: TrainOptions, rows: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """The reconstruction target of every store row; `rows` are the training documents, over which
+    `opts.calibrate` averages."""
     if opts.target == "bow":
         return normalized_bow(store).astype(np.float32), 1.0
     if "logits" not in store:
@@ -181,7 +192,10 @@ def targets(store: Store, opts: TrainOptions) -> tuple[np.ndarray, float]:
     tau = opts.temperature if opts.temperature is not None else float(store.attrs.get("temperature", 3.0))
     if opts.topk is not None and opts.topk > store.array("vocab").shape[0]:
         raise InputError(f"--topk {opts.topk} is larger than the vocabulary ({len(store.vocab())} words)")
-    target = soft_label(store.array("logits"), tau, opts.topk, opts.sparsity)
+    logits = store.array("logits")
+    if opts.calibrate:
+        logits = calibrated(logits, rows)
+    target = soft_label(logits, tau, opts.topk, opts.sparsity)
     if opts.bow_weight > 0:
         # Anchor the LM's guess in the words the document actually has; a document without a
         # vocabulary word keeps its soft label whole.
@@ -203,6 +217,8 @@ def model_id(opts: TrainOptions, store: Store, rows: np.ndarray) -> str:
     elif opts.backbone != "prodlda":
         name = f"{name}-{opts.backbone}"
     identity = {k: v for k, v in asdict(opts).items() if k != "checkpoint_every"}
+    if not opts.calibrate:  # models trained before the option existed keep their ids
+        del identity["calibrate"]
     spec = json.dumps([identity, store.attrs.get("vocab_fingerprint"), store.attrs.get("lm")], sort_keys=True)
     digest = hashlib.sha256(spec.encode() + rows.astype(np.int64).tobytes()).hexdigest()[:8]
     return f"{name}-k{opts.k}-{digest}"
@@ -229,7 +245,7 @@ def train(store: Store, rows: np.ndarray, opts: TrainOptions) -> tuple[TopicMode
     if len(rows) < 2:
         raise InputError("at least 2 documents are needed to train", str(store.path))
     x_all = model_inputs(store, opts.input)
-    y_all, tau = targets(store, opts)
+    y_all, tau = targets(store, opts, rows)
     x, y = torch.from_numpy(x_all[rows]), torch.from_numpy(y_all[rows])
     config = TopicConfig(
         input_size=x.shape[1],

@@ -455,3 +455,33 @@ def test_topic_words_salient_by_default_or_beta_and_kept_by_save_and_load(store,
         top = index[t["words"][0]]
         assert within[k, top] / within[k].sum() > corpus[top] / corpus.sum()
     assert runs["salient"] != runs["beta"]
+
+
+def test_calibrate_removes_each_words_mean_logit_over_the_training_documents(store):
+    from st.train import targets
+
+    path, _ = store
+    s = Store(path)
+    rows = np.arange(0, s.rows, 2)
+    calibrated, tau = targets(s, TrainOptions(calibrate=True, bow_weight=0), rows)
+    logits = np.asarray(s.group["logits"][:], dtype=np.float64)
+    shifted = (logits - logits[rows].mean(0)) / tau
+    expected = np.exp(shifted - shifted.max(1, keepdims=True))
+    expected /= expected.sum(1, keepdims=True)
+    np.testing.assert_allclose(calibrated, expected, atol=1e-6)
+    plain, _ = targets(s, TrainOptions(bow_weight=0), rows)
+    assert not np.allclose(calibrated, plain, atol=1e-4)
+    # A word the LM favours for every document alike loses that favour.
+    favoured = int(np.argmax(logits[rows].mean(0)))
+    assert calibrated[rows, favoured].mean() < plain[rows, favoured].mean()
+
+
+def test_calibrate_flag_is_recorded_and_changes_the_model_id(store, tmp_path):
+    path, _ = store
+    plain, calibrated = tmp_path / "plain", tmp_path / "calibrated"
+    for folder, extra in ((plain, []), (calibrated, ["--calibrate"])):
+        result = run_train("-k", "3", "--store", str(path), "--epochs", "2", "-o", str(folder), *extra)
+        assert result.exit_code == 0, result.output
+    a, b = (json.loads((f / "config.json").read_text()) for f in (plain, calibrated))
+    assert a["training"]["calibrate"] is False and b["training"]["calibrate"] is True
+    assert a["id"] != b["id"]
