@@ -145,7 +145,15 @@ def test_reliability_sigint_exits_130_without_traceback(tiny_model, tmp_path):
         "--cache-dir",
         str(cache_dir),
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=st_env(cache_dir))
+    # A shell that runs the tests in the background (`make test &`) makes its children ignore SIGINT,
+    # and Python keeps that; give st the default disposition an interactive Ctrl-C would meet.
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=st_env(cache_dir),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     assert proc.stdout is not None and proc.stderr is not None
     proc.stdout.readline()
     proc.send_signal(signal.SIGINT)
