@@ -37,13 +37,24 @@ METRICS = ["npmi", "cv", "td", "purity", "nmi", "p@10"]
 
 # name: (label in the table, `st train` flags)
 MODELS: dict[str, tuple[str, list[str]]] = {
-    "dsl": ("DSL-ProdLDA (st default: target + 0.3 bag of words, salient topic words)", []),
+    "dsl": (
+        "DSL-ProdLDA (st default: calibrated target + 0.3 bag of words, decoder norm 0.5, salient topic words)",
+        [],
+    ),
     "dsl-beta": ("DSL-ProdLDA, topic words ranked by β (the paper's)", ["--topic-words", "beta"]),
     "dsl-pure": ("DSL-ProdLDA, the soft label alone (the paper's target)", ["--bow-weight", "0"]),
     "dsl-dec1": ("DSL-ProdLDA, decoder τ = 1 (default: the target's τ, 3)", ["--decoder-temperature", "1"]),
     "dsl-dec2": ("DSL-ProdLDA, decoder τ = 2", ["--decoder-temperature", "2"]),
     "dsl-bow5": ("DSL-ProdLDA, target + 0.5 bag of words", ["--bow-weight", "0.5"]),
     "dsl-ww8": ("DSL-ProdLDA, whole-word probabilities (8 per document)", []),
+    "dsl-bn": (
+        "DSL-ProdLDA, batch-norm decoder, no calibration (the default before)",
+        ["--decoder-norm", "1", "--no-calibrate"],
+    ),
+    "ctm-norm": (
+        "Contextual BoW with DSL's decoder norm (0.5)",
+        ["--target", "bow", "--input", "hidden", "--decoder-norm", "0.5"],
+    ),
     "dsl-bow7": ("DSL-ProdLDA, target + 0.7 bag of words", ["--bow-weight", "0.7"]),
     "dsl-etm": ("DSL-ETM", ["--backbone", "etm"]),
     "dsl-ecrtm": ("DSL-ECRTM", ["--backbone", "ecrtm"]),
@@ -158,7 +169,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, nargs="+", default=[20, 50])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--models", default="dsl,prodlda,ctm,lda,bertopic")
-    extras = "dsl-beta,dsl-pure,dsl-dec1,dsl-dec2,dsl-bow5,dsl-ww8,dsl-etm,dsl-ecrtm,dsl-fastopic"
+    extras = "dsl-bn,ctm-norm,dsl-beta,dsl-pure,dsl-dec1,dsl-dec2,dsl-bow5,dsl-ww8,dsl-etm,dsl-ecrtm,dsl-fastopic"
     ap.add_argument("--extra", default=extras)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--extra-k", type=int, nargs="+", default=None, help="Run the extras at these K only.")

@@ -562,6 +562,13 @@ def _training_rows(input: str | None, store_path: str | None) -> tuple[Any, Any,
     type=click.FloatRange(min=0, min_open=True),
     help="τ of the decoder softmax.  [default: the target's τ]",
 )
+@click.option(
+    "--decoder-norm",
+    default=None,
+    type=click.FloatRange(0, 1),
+    help="Power of the decoder batch norm's division by each word's spread: 1 standardises (ProdLDA), "
+    "0 only centres.  [default: 0.5 for DSL-ProdLDA, else 1]",
+)
 @click.option("--topk", default=None, type=click.IntRange(min=1), help="Keep only each target's top N words.")
 @click.option(
     "--sparsity",
@@ -577,9 +584,10 @@ def _training_rows(input: str | None, store_path: str | None) -> tuple[Any, Any,
     help="Mix this share of the document's own normalised bag of words into the soft-label target.",
 )
 @click.option(
-    "--calibrate",
-    is_flag=True,
-    help="Subtract each word's mean logit over the training documents before the softmax.",
+    "--calibrate/--no-calibrate",
+    default=None,
+    help="Subtract each word's mean logit over the training documents before the softmax.  "
+    "[default: on for DSL-ProdLDA]",
 )
 @click.option(
     "--lambda",
@@ -631,10 +639,11 @@ def train(
     input_kind: str,
     temperature: float | None,
     decoder_temperature: float | None,
+    decoder_norm: float | None,
     topk: int | None,
     sparsity: float | None,
     bow_weight: float,
-    calibrate: bool,
+    calibrate: bool | None,
     lam: float | None,
     loss: str,
     lr: float,
@@ -670,6 +679,7 @@ def train(
         input=input_kind,
         temperature=temperature,
         decoder_temperature=decoder_temperature,
+        decoder_norm=decoder_norm,
         topk=topk,
         sparsity=sparsity,
         bow_weight=bow_weight,

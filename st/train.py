@@ -40,10 +40,11 @@ class TrainOptions:
     input: str = "hidden"  # hidden | bow
     temperature: float | None = None  # τ of the target; None: the store's
     decoder_temperature: float | None = None  # None: the target's τ
+    decoder_norm: float | None = None  # power of the decoder's batch norm; None: see `resolved`
     topk: int | None = None
     sparsity: float | None = None
     bow_weight: float = 0.3  # the target's share of the document's own normalised bag of words
-    calibrate: bool = False  # subtract each word's mean logit over the training documents first
+    calibrate: bool | None = None  # subtract each word's mean logit over the training documents; None: see `resolved`
     lam: float | None = None  # None: 1000 for the VAE backbones, FASTOPIC_LAMBDA for fastopic
     loss: str = "kl"
     lr: float = 2e-3
@@ -185,6 +186,7 @@ def calibrated(logits: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray
 def targets(store: Store, opts: TrainOptions, rows: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """The reconstruction target of every store row; `rows` are the training documents, over which
     `opts.calibrate` averages."""
+    opts = resolved(opts)
     if opts.target == "bow":
         return normalized_bow(store).astype(np.float32), 1.0
     if "logits" not in store:
@@ -217,8 +219,11 @@ def model_id(opts: TrainOptions, store: Store, rows: np.ndarray) -> str:
     elif opts.backbone != "prodlda":
         name = f"{name}-{opts.backbone}"
     identity = {k: v for k, v in asdict(opts).items() if k != "checkpoint_every"}
-    if not opts.calibrate:  # models trained before the option existed keep their ids
+    # Models trained before these options existed had them off, and keep their ids.
+    if not opts.calibrate:
         del identity["calibrate"]
+    if opts.decoder_norm == 1.0:
+        del identity["decoder_norm"]
     spec = json.dumps([identity, store.attrs.get("vocab_fingerprint"), store.attrs.get("lm")], sort_keys=True)
     digest = hashlib.sha256(spec.encode() + rows.astype(np.int64).tobytes()).hexdigest()[:8]
     return f"{name}-k{opts.k}-{digest}"
@@ -227,10 +232,18 @@ def model_id(opts: TrainOptions, store: Store, rows: np.ndarray) -> str:
 FASTOPIC_LAMBDA = 10.0
 
 
+# DSL-ProdLDA's decoder norm: half-way between centring and ProdLDA's full batch norm (see README,
+# "Results"); the bag-of-words models and the other backbones keep the published batch norm.
+DSL_DECODER_NORM = 0.5
+
+
 def resolved(opts: TrainOptions) -> TrainOptions:
-    """Options with backbone-dependent defaults filled in."""
+    """Options with target- and backbone-dependent defaults filled in."""
     lam = opts.lam if opts.lam is not None else (FASTOPIC_LAMBDA if opts.backbone == "fastopic" else 1000.0)
-    return TrainOptions(**{**asdict(opts), "lam": lam})
+    dsl = opts.target == "softlabel" and opts.backbone == "prodlda"
+    calibrate = opts.calibrate if opts.calibrate is not None else dsl
+    norm = opts.decoder_norm if opts.decoder_norm is not None else (DSL_DECODER_NORM if dsl else 1.0)
+    return TrainOptions(**{**asdict(opts), "lam": lam, "calibrate": calibrate, "decoder_norm": norm})
 
 
 def train(store: Store, rows: np.ndarray, opts: TrainOptions) -> tuple[TopicModel, list[float]]:
@@ -256,6 +269,7 @@ def train(store: Store, rows: np.ndarray, opts: TrainOptions) -> tuple[TopicMode
         dropout=opts.dropout,
         theta_dropout=opts.theta_dropout,
         decoder_temperature=opts.decoder_temperature if opts.decoder_temperature is not None else tau,
+        decoder_norm=float(opts.decoder_norm if opts.decoder_norm is not None else 1.0),
         embedding_size=opts.embedding_size,
     )
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
+from dataclasses import asdict
 
 import numpy as np
 import orjson
@@ -469,19 +471,72 @@ def test_calibrate_removes_each_words_mean_logit_over_the_training_documents(sto
     expected = np.exp(shifted - shifted.max(1, keepdims=True))
     expected /= expected.sum(1, keepdims=True)
     np.testing.assert_allclose(calibrated, expected, atol=1e-6)
-    plain, _ = targets(s, TrainOptions(bow_weight=0), rows)
+    plain, _ = targets(s, TrainOptions(calibrate=False, bow_weight=0), rows)
     assert not np.allclose(calibrated, plain, atol=1e-4)
     # A word the LM favours for every document alike loses that favour.
     favoured = int(np.argmax(logits[rows].mean(0)))
     assert calibrated[rows, favoured].mean() < plain[rows, favoured].mean()
 
 
-def test_calibrate_flag_is_recorded_and_changes_the_model_id(store, tmp_path):
+def test_calibrate_and_decoder_norm_flags_are_recorded_and_change_the_model_id(store, tmp_path):
     path, _ = store
-    plain, calibrated = tmp_path / "plain", tmp_path / "calibrated"
-    for folder, extra in ((plain, []), (calibrated, ["--calibrate"])):
+    runs = {"default": [], "before": ["--no-calibrate", "--decoder-norm", "1"], "centred": ["--decoder-norm", "0"]}
+    config = {}
+    for name, extra in runs.items():
+        folder = tmp_path / name
         result = run_train("-k", "3", "--store", str(path), "--epochs", "2", "-o", str(folder), *extra)
         assert result.exit_code == 0, result.output
-    a, b = (json.loads((f / "config.json").read_text()) for f in (plain, calibrated))
-    assert a["training"]["calibrate"] is False and b["training"]["calibrate"] is True
-    assert a["id"] != b["id"]
+        config[name] = json.loads((folder / "config.json").read_text())
+    default, before, centred = config["default"], config["before"], config["centred"]
+    assert default["training"]["calibrate"] is True and default["training"]["decoder_norm"] == 0.5
+    assert default["model"]["decoder_norm"] == 0.5
+    assert before["training"]["calibrate"] is False and before["model"]["decoder_norm"] == 1.0
+    assert centred["model"]["decoder_norm"] == 0.0
+    assert len({c["id"] for c in config.values()}) == 3
+    # The baselines keep ProdLDA's batch norm, uncalibrated, and the ids they had before the options.
+    result = run_train("-k", "3", "--store", str(path), "--epochs", "2", "--target", "bow", "-o", str(tmp_path / "b"))
+    assert result.exit_code == 0, result.output
+    bow = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert bow["training"]["calibrate"] is False and bow["model"]["decoder_norm"] == 1.0
+    from st.train import model_id, resolved
+
+    s = Store(path)
+    rows = np.arange(s.rows)
+    legacy = TrainOptions(k=3, epochs=2, target="bow")
+    identity = {
+        k: v for k, v in asdict(resolved(legacy)).items() if k not in ("checkpoint_every", "calibrate", "decoder_norm")
+    }
+    spec = json.dumps([identity, s.attrs.get("vocab_fingerprint"), s.attrs.get("lm")], sort_keys=True)
+    digest = hashlib.sha256(spec.encode() + rows.astype(np.int64).tobytes()).hexdigest()[:8]
+    assert bow["id"] == model_id(resolved(legacy), s, rows) == f"ctm-k3-{digest}"
+
+
+@pytest.mark.parametrize("power", [0.0, 0.5, 1.0])
+def test_decoder_norm_divides_the_centred_logits_by_a_power_of_their_spread(power):
+    from st.models import DecoderNorm
+
+    torch.manual_seed(0)
+    x = torch.randn(16, 5, dtype=torch.float64) * torch.tensor([0.1, 1.0, 3.0, 0.01, 2.0], dtype=torch.float64) + 4
+    norm = DecoderNorm(5, power).double().train()
+    a = x.numpy()
+    var = a.var(0)
+    expected = (a - a.mean(0)) / (var + norm.eps) ** (power / 2)
+    np.testing.assert_allclose(norm(x).detach().numpy(), expected, rtol=1e-9, atol=1e-12)
+    if power == 1.0:  # ProdLDA's batch norm, exactly
+        bn = torch.nn.BatchNorm1d(5, affine=False).double().train()
+        bn(x)  # the batch `norm` has already seen
+        torch.testing.assert_close(norm(x), bn(x))
+        torch.testing.assert_close(norm.running_var, bn.running_var)
+    # In eval mode the running statistics stand in for the batch's, as in a batch norm.
+    norm.eval()
+    mean, rvar = norm.running_mean.numpy(), norm.running_var.numpy()
+    expected = (a - mean) / (rvar + norm.eps) ** (power / 2)
+    np.testing.assert_allclose(norm(x).detach().numpy(), expected, rtol=1e-9, atol=1e-12)
+
+
+def test_a_model_saved_before_the_decoder_norm_option_loads_with_batch_norm():
+    config = TopicConfig(input_size=4, vocab_size=6, k=3).to_dict()
+    del config["decoder_norm"]
+    model = ProdLDA(TopicConfig(**config))
+    assert model.decoder_bn.power == 1.0
+    assert set(model.decoder_bn.state_dict()) == set(torch.nn.BatchNorm1d(6, affine=False).state_dict())
