@@ -269,7 +269,7 @@ def train(store: Store, rows: np.ndarray, opts: TrainOptions) -> tuple[TopicMode
         dropout=opts.dropout,
         theta_dropout=opts.theta_dropout,
         decoder_temperature=opts.decoder_temperature if opts.decoder_temperature is not None else tau,
-        decoder_norm=float(opts.decoder_norm if opts.decoder_norm is not None else 1.0),
+        decoder_norm=float(opts.decoder_norm),  # `resolved` filled it in
         embedding_size=opts.embedding_size,
     )
 
