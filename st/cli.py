@@ -567,7 +567,12 @@ def _training_rows(input: str | None, store_path: str | None) -> tuple[Any, Any,
     default=None,
     type=click.FloatRange(0, 1),
     help="Power of the decoder batch norm's division by each word's spread: 1 standardises (ProdLDA), "
-    "0 only centres.  [default: 0.5 for DSL-ProdLDA, else 1]",
+    "0 only centres.  [default: 0.75 for DSL-ProdLDA, else 1]",
+)
+@click.option(
+    "--decoder-affine/--no-decoder-affine",
+    default=None,
+    help="Follow the decoder norm with a learned gain and shift per word.  [default: on for DSL-ProdLDA]",
 )
 @click.option("--topk", default=None, type=click.IntRange(min=1), help="Keep only each target's top N words.")
 @click.option(
@@ -640,6 +645,7 @@ def train(
     temperature: float | None,
     decoder_temperature: float | None,
     decoder_norm: float | None,
+    decoder_affine: bool | None,
     topk: int | None,
     sparsity: float | None,
     bow_weight: float,
@@ -680,6 +686,7 @@ def train(
         temperature=temperature,
         decoder_temperature=decoder_temperature,
         decoder_norm=decoder_norm,
+        decoder_affine=decoder_affine,
         topk=topk,
         sparsity=sparsity,
         bow_weight=bow_weight,

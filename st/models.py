@@ -43,6 +43,7 @@ class TopicConfig:
     theta_dropout: float = 0.2
     decoder_temperature: float = 3.0
     decoder_norm: float = 1.0  # prodlda, ecrtm: see DecoderNorm
+    decoder_affine: bool = False  # prodlda, ecrtm: a learned gain and shift per word after the norm
     embedding_size: int = 200  # etm, ecrtm: size of α and ρ (fastopic: the input's size)
     beta_temperature: float = 0.2  # ecrtm
     ecr_weight: float = 250.0  # ecrtm
@@ -81,24 +82,33 @@ def squared_distances(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 class DecoderNorm(nn.BatchNorm1d):
     """Batch norm of the decoder's word logits that divides each word's centred logit by its
-    standard deviation raised to `power`: 1 is ProdLDA's batch norm, 0 only centres.
+    standard deviation raised to `power`: 1 is ProdLDA's batch norm, 0 only centres. With
+    `affine`, each word's result is then multiplied by a learned gain and shifted by a learned
+    bias (both start as the identity).
 
     Full standardisation gives every word the same spread across documents, which suits a bag of
     words, where any word may come and go. A soft label from a small LM varies little from one
     document to the next in most words, and scaling that little up to the spread of its telling
-    words lets noise shape the topics. The state (running mean and variance) is a batch norm's, so
-    models saved before the option load unchanged."""
+    words lets noise shape the topics. The learned gain lets the decoder give each word the spread
+    the target asks of it, and the shift its level over the corpus, so that β is left with what
+    sets documents apart. The running statistics are a batch norm's, so models saved before these
+    options load unchanged."""
 
-    def __init__(self, size: int, power: float = 1.0) -> None:
+    def __init__(self, size: int, power: float = 1.0, affine: bool = False) -> None:
         super().__init__(size, affine=False)
         self.power = power
+        # Not BatchNorm1d's own affine: its bias would be rescaled with the spread below.
+        self.gain = nn.Parameter(torch.ones(size)) if affine else None
+        self.shift = nn.Parameter(torch.zeros(size)) if affine else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        standardised = super().forward(x)
-        if self.power == 1.0:
-            return standardised
-        var = x.var(dim=0, unbiased=False) if self.training else self.running_var
-        return standardised * (var + self.eps) ** ((1.0 - self.power) / 2)
+        out = super().forward(x)
+        if self.power != 1.0:
+            var = x.var(dim=0, unbiased=False) if self.training else self.running_var
+            out = out * (var + self.eps) ** ((1.0 - self.power) / 2)
+        if self.gain is not None and self.shift is not None:
+            out = out * self.gain + self.shift
+        return out
 
 
 class VAE(nn.Module, ABC):
@@ -181,7 +191,7 @@ class ProdLDA(VAE):
         super().__init__(config)
         self.beta = nn.Parameter(torch.empty(config.k, config.vocab_size))
         nn.init.xavier_uniform_(self.beta)
-        self.decoder_bn = DecoderNorm(config.vocab_size, config.decoder_norm)
+        self.decoder_bn = DecoderNorm(config.vocab_size, config.decoder_norm, config.decoder_affine)
 
     def reconstruct(self, theta: torch.Tensor) -> torch.Tensor:
         return F.log_softmax(self.decoder_bn(theta @ self.beta) / self.config.decoder_temperature, dim=-1)
@@ -213,7 +223,7 @@ class ECRTM(VAE):
         super().__init__(config)
         self.rho = nn.Parameter(nn.init.trunc_normal_(torch.empty(config.vocab_size, config.embedding_size), std=0.1))
         self.alpha = nn.Parameter(nn.init.trunc_normal_(torch.empty(config.k, config.embedding_size), std=0.1))
-        self.decoder_bn = DecoderNorm(config.vocab_size, config.decoder_norm)
+        self.decoder_bn = DecoderNorm(config.vocab_size, config.decoder_norm, config.decoder_affine)
         self.register_buffer("ecr_potential", torch.zeros(config.vocab_size))
 
     def beta(self) -> torch.Tensor:

@@ -41,6 +41,7 @@ class TrainOptions:
     temperature: float | None = None  # τ of the target; None: the store's
     decoder_temperature: float | None = None  # None: the target's τ
     decoder_norm: float | None = None  # power of the decoder's batch norm; None: see `resolved`
+    decoder_affine: bool | None = None  # a learned gain and shift per word after it; None: see `resolved`
     topk: int | None = None
     sparsity: float | None = None
     bow_weight: float = 0.3  # the target's share of the document's own normalised bag of words
@@ -224,6 +225,8 @@ def model_id(opts: TrainOptions, store: Store, rows: np.ndarray) -> str:
         del identity["calibrate"]
     if opts.decoder_norm == 1.0:
         del identity["decoder_norm"]
+    if not opts.decoder_affine:
+        del identity["decoder_affine"]
     spec = json.dumps([identity, store.attrs.get("vocab_fingerprint"), store.attrs.get("lm")], sort_keys=True)
     digest = hashlib.sha256(spec.encode() + rows.astype(np.int64).tobytes()).hexdigest()[:8]
     return f"{name}-k{opts.k}-{digest}"
@@ -232,9 +235,10 @@ def model_id(opts: TrainOptions, store: Store, rows: np.ndarray) -> str:
 FASTOPIC_LAMBDA = 10.0
 
 
-# DSL-ProdLDA's decoder norm: half-way between centring and ProdLDA's full batch norm (see README,
-# "Results"); the bag-of-words models and the other backbones keep the published batch norm.
-DSL_DECODER_NORM = 0.5
+# DSL-ProdLDA's decoder norm: three quarters of the way from centring to ProdLDA's full batch norm,
+# with a learned gain and shift per word (see README, "Results"); the bag-of-words models and the
+# other backbones keep the published batch norm.
+DSL_DECODER_NORM = 0.75
 
 
 def resolved(opts: TrainOptions) -> TrainOptions:
@@ -243,7 +247,10 @@ def resolved(opts: TrainOptions) -> TrainOptions:
     dsl = opts.target == "softlabel" and opts.backbone == "prodlda"
     calibrate = opts.calibrate if opts.calibrate is not None else dsl
     norm = opts.decoder_norm if opts.decoder_norm is not None else (DSL_DECODER_NORM if dsl else 1.0)
-    return TrainOptions(**{**asdict(opts), "lam": lam, "calibrate": calibrate, "decoder_norm": norm})
+    affine = opts.decoder_affine if opts.decoder_affine is not None else dsl
+    return TrainOptions(
+        **{**asdict(opts), "lam": lam, "calibrate": calibrate, "decoder_norm": norm, "decoder_affine": affine}
+    )
 
 
 def train(store: Store, rows: np.ndarray, opts: TrainOptions) -> tuple[TopicModel, list[float]]:
@@ -269,7 +276,8 @@ def train(store: Store, rows: np.ndarray, opts: TrainOptions) -> tuple[TopicMode
         dropout=opts.dropout,
         theta_dropout=opts.theta_dropout,
         decoder_temperature=opts.decoder_temperature if opts.decoder_temperature is not None else tau,
-        decoder_norm=float(opts.decoder_norm),  # `resolved` filled it in
+        decoder_norm=float(opts.decoder_norm),  # `resolved` filled these in
+        decoder_affine=bool(opts.decoder_affine),
         embedding_size=opts.embedding_size,
     )
 

@@ -480,7 +480,12 @@ def test_calibrate_removes_each_words_mean_logit_over_the_training_documents(sto
 
 def test_calibrate_and_decoder_norm_flags_are_recorded_and_change_the_model_id(store, tmp_path):
     path, _ = store
-    runs = {"default": [], "before": ["--no-calibrate", "--decoder-norm", "1"], "centred": ["--decoder-norm", "0"]}
+    runs = {
+        "default": [],
+        "before": ["--no-calibrate", "--decoder-norm", "1", "--no-decoder-affine"],
+        "centred": ["--decoder-norm", "0"],
+        "plain": ["--no-decoder-affine"],
+    }
     config = {}
     for name, extra in runs.items():
         folder = tmp_path / name
@@ -488,24 +493,25 @@ def test_calibrate_and_decoder_norm_flags_are_recorded_and_change_the_model_id(s
         assert result.exit_code == 0, result.output
         config[name] = json.loads((folder / "config.json").read_text())
     default, before, centred = config["default"], config["before"], config["centred"]
-    assert default["training"]["calibrate"] is True and default["training"]["decoder_norm"] == 0.5
-    assert default["model"]["decoder_norm"] == 0.5
+    assert default["training"]["calibrate"] is True and default["training"]["decoder_norm"] == 0.75
+    assert default["model"]["decoder_norm"] == 0.75 and default["model"]["decoder_affine"] is True
     assert before["training"]["calibrate"] is False and before["model"]["decoder_norm"] == 1.0
+    assert before["model"]["decoder_affine"] is False and config["plain"]["model"]["decoder_affine"] is False
     assert centred["model"]["decoder_norm"] == 0.0
-    assert len({c["id"] for c in config.values()}) == 3
+    assert len({c["id"] for c in config.values()}) == 4
     # The baselines keep ProdLDA's batch norm, uncalibrated, and the ids they had before the options.
     result = run_train("-k", "3", "--store", str(path), "--epochs", "2", "--target", "bow", "-o", str(tmp_path / "b"))
     assert result.exit_code == 0, result.output
     bow = json.loads((tmp_path / "b" / "config.json").read_text())
     assert bow["training"]["calibrate"] is False and bow["model"]["decoder_norm"] == 1.0
+    assert bow["model"]["decoder_affine"] is False
     from st.train import model_id, resolved
 
     s = Store(path)
     rows = np.arange(s.rows)
     legacy = TrainOptions(k=3, epochs=2, target="bow")
-    identity = {
-        k: v for k, v in asdict(resolved(legacy)).items() if k not in ("checkpoint_every", "calibrate", "decoder_norm")
-    }
+    new_options = ("checkpoint_every", "calibrate", "decoder_norm", "decoder_affine")
+    identity = {k: v for k, v in asdict(resolved(legacy)).items() if k not in new_options}
     spec = json.dumps([identity, s.attrs.get("vocab_fingerprint"), s.attrs.get("lm")], sort_keys=True)
     digest = hashlib.sha256(spec.encode() + rows.astype(np.int64).tobytes()).hexdigest()[:8]
     assert bow["id"] == model_id(resolved(legacy), s, rows) == f"ctm-k3-{digest}"
@@ -534,9 +540,34 @@ def test_decoder_norm_divides_the_centred_logits_by_a_power_of_their_spread(powe
     np.testing.assert_allclose(norm(x).detach().numpy(), expected, rtol=1e-9, atol=1e-12)
 
 
+def test_decoder_affine_applies_a_learned_gain_and_shift_per_word_after_the_norm():
+    from st.models import DecoderNorm
+
+    torch.manual_seed(0)
+    x = torch.randn(16, 5, dtype=torch.float64) * torch.tensor([0.1, 1.0, 3.0, 0.01, 2.0], dtype=torch.float64) - 2
+    norm = DecoderNorm(5, 0.75, affine=True).double().train()
+    # The identity at first: the same as the norm without them.
+    plain = DecoderNorm(5, 0.75).double().train()
+    torch.testing.assert_close(norm(x), plain(x))
+    gain, shift = np.array([0.5, 2.0, 1.0, 3.0, -1.0]), np.array([1.0, 0.0, -2.0, 0.5, 0.25])
+    with torch.no_grad():
+        norm.gain.copy_(torch.from_numpy(gain))
+        norm.shift.copy_(torch.from_numpy(shift))
+    a = x.numpy()
+    expected = (a - a.mean(0)) / (a.var(0) + norm.eps) ** (0.75 / 2) * gain + shift
+    out = norm(x)
+    np.testing.assert_allclose(out.detach().numpy(), expected, rtol=1e-9, atol=1e-12)
+    # Both are trained: the loss reaches them.
+    out.pow(2).sum().backward()
+    assert norm.gain.grad is not None and norm.gain.grad.abs().sum() > 0
+    assert norm.shift.grad is not None and norm.shift.grad.abs().sum() > 0
+    assert {"gain", "shift"} <= set(norm.state_dict())
+
+
 def test_a_model_saved_before_the_decoder_norm_option_loads_with_batch_norm():
     config = TopicConfig(input_size=4, vocab_size=6, k=3).to_dict()
     del config["decoder_norm"]
+    del config["decoder_affine"]
     model = ProdLDA(TopicConfig(**config))
-    assert model.decoder_bn.power == 1.0
+    assert model.decoder_bn.power == 1.0 and model.decoder_bn.gain is None
     assert set(model.decoder_bn.state_dict()) == set(torch.nn.BatchNorm1d(6, affine=False).state_dict())
