@@ -38,8 +38,13 @@ METRICS = ["npmi", "cv", "td", "purity", "nmi", "p@10"]
 # name: (label in the table, `st train` flags)
 MODELS: dict[str, tuple[str, list[str]]] = {
     "dsl": (
-        "DSL-ProdLDA (st default: calibrated target + 0.3 bag of words, decoder norm 0.5, salient topic words)",
+        "DSL-ProdLDA (st default: calibrated target + 0.3 bag of words, decoder norm 0.75 with a learned gain and "
+        "shift, salient topic words)",
         [],
+    ),
+    "dsl-noaff": (
+        "DSL-ProdLDA, decoder norm 0.5 without the gain and shift (the default before)",
+        ["--decoder-norm", "0.5", "--no-decoder-affine"],
     ),
     "dsl-beta": ("DSL-ProdLDA, topic words ranked by β (the paper's)", ["--topic-words", "beta"]),
     "dsl-pure": ("DSL-ProdLDA, the soft label alone (the paper's target)", ["--bow-weight", "0"]),
@@ -48,11 +53,15 @@ MODELS: dict[str, tuple[str, list[str]]] = {
     "dsl-bow5": ("DSL-ProdLDA, target + 0.5 bag of words", ["--bow-weight", "0.5"]),
     "dsl-ww8": ("DSL-ProdLDA, whole-word probabilities (8 per document)", []),
     "dsl-bn": (
-        "DSL-ProdLDA, batch-norm decoder, no calibration (the default before)",
-        ["--decoder-norm", "1", "--no-calibrate"],
+        "DSL-ProdLDA, ProdLDA's batch-norm decoder, no calibration (the published setting)",
+        ["--decoder-norm", "1", "--no-calibrate", "--no-decoder-affine"],
+    ),
+    "ctm-dsl-decoder": (
+        "Contextual BoW with DSL's decoder (norm 0.75, gain and shift)",
+        ["--target", "bow", "--input", "hidden", "--decoder-norm", "0.75", "--decoder-affine"],
     ),
     "ctm-norm": (
-        "Contextual BoW with DSL's decoder norm (0.5)",
+        "Contextual BoW with decoder norm 0.5",
         ["--target", "bow", "--input", "hidden", "--decoder-norm", "0.5"],
     ),
     "dsl-bow7": ("DSL-ProdLDA, target + 0.7 bag of words", ["--bow-weight", "0.7"]),
@@ -169,7 +178,9 @@ def main() -> None:
     ap.add_argument("--k", type=int, nargs="+", default=[20, 50])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--models", default="dsl,prodlda,ctm,lda,bertopic")
-    extras = "dsl-bn,ctm-norm,dsl-beta,dsl-pure,dsl-dec1,dsl-ww8,dsl-etm,dsl-ecrtm,dsl-fastopic"
+    extras = (
+        "dsl-noaff,dsl-bn,ctm-dsl-decoder,ctm-norm,dsl-beta,dsl-pure,dsl-dec1,dsl-ww8,dsl-etm,dsl-ecrtm,dsl-fastopic"
+    )
     ap.add_argument("--extra", default=extras)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--extra-k", type=int, nargs="+", default=None, help="Run the extras at these K only.")
