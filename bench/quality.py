@@ -39,12 +39,16 @@ METRICS = ["npmi", "cv", "td", "purity", "nmi", "p@10"]
 MODELS: dict[str, tuple[str, list[str]]] = {
     "dsl": (
         "DSL-ProdLDA (st default: calibrated target + 0.3 bag of words, decoder norm 0.75 with a learned gain and "
-        "shift, salient topic words)",
+        "shift, no dropout on θ, salient topic words)",
         [],
     ),
     "dsl-noaff": (
-        "DSL-ProdLDA, decoder norm 0.5 without the gain and shift (the default before)",
-        ["--decoder-norm", "0.5", "--no-decoder-affine"],
+        "DSL-ProdLDA, decoder norm 0.5 without the gain and shift, dropout 0.2 on θ (the default before)",
+        ["--decoder-norm", "0.5", "--no-decoder-affine", "--theta-dropout", "0.2"],
+    ),
+    "dsl-theta-dropout": (
+        "DSL-ProdLDA, dropout 0.2 on θ (ProdLDA's)",
+        ["--theta-dropout", "0.2"],
     ),
     "dsl-beta": ("DSL-ProdLDA, topic words ranked by β (the paper's)", ["--topic-words", "beta"]),
     "dsl-pure": ("DSL-ProdLDA, the soft label alone (the paper's target)", ["--bow-weight", "0"]),
@@ -54,7 +58,7 @@ MODELS: dict[str, tuple[str, list[str]]] = {
     "dsl-ww8": ("DSL-ProdLDA, whole-word probabilities (8 per document)", []),
     "dsl-bn": (
         "DSL-ProdLDA, ProdLDA's batch-norm decoder, no calibration (the published setting)",
-        ["--decoder-norm", "1", "--no-calibrate", "--no-decoder-affine"],
+        ["--decoder-norm", "1", "--no-calibrate", "--no-decoder-affine", "--theta-dropout", "0.2"],
     ),
     "ctm-dsl-decoder": (
         "Contextual BoW with DSL's decoder (norm 0.75, gain and shift)",
@@ -178,9 +182,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, nargs="+", default=[20, 50])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--models", default="dsl,prodlda,ctm,lda,bertopic")
-    extras = (
-        "dsl-noaff,dsl-bn,ctm-dsl-decoder,ctm-norm,dsl-beta,dsl-pure,dsl-dec1,dsl-ww8,dsl-etm,dsl-ecrtm,dsl-fastopic"
-    )
+    extras = "dsl-theta-dropout,dsl-noaff,dsl-bn,ctm-dsl-decoder,ctm-norm,dsl-beta,dsl-pure,dsl-dec1,dsl-ww8,dsl-etm,dsl-ecrtm,dsl-fastopic"
     ap.add_argument("--extra", default=extras)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--extra-k", type=int, nargs="+", default=None, help="Run the extras at these K only.")

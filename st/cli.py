@@ -574,6 +574,12 @@ def _training_rows(input: str | None, store_path: str | None) -> tuple[Any, Any,
     default=None,
     help="Follow the decoder norm with a learned gain and shift per word.  [default: on for DSL-ProdLDA]",
 )
+@click.option(
+    "--theta-dropout",
+    default=None,
+    type=click.FloatRange(0, 1, max_open=True),
+    help="Dropout on θ while training.  [default: 0 for DSL-ProdLDA, else 0.2]",
+)
 @click.option("--topk", default=None, type=click.IntRange(min=1), help="Keep only each target's top N words.")
 @click.option(
     "--sparsity",
@@ -646,6 +652,7 @@ def train(
     decoder_temperature: float | None,
     decoder_norm: float | None,
     decoder_affine: bool | None,
+    theta_dropout: float | None,
     topk: int | None,
     sparsity: float | None,
     bow_weight: float,
@@ -687,6 +694,7 @@ def train(
         decoder_temperature=decoder_temperature,
         decoder_norm=decoder_norm,
         decoder_affine=decoder_affine,
+        theta_dropout=theta_dropout,
         topk=topk,
         sparsity=sparsity,
         bow_weight=bow_weight,

@@ -56,7 +56,7 @@ class TrainOptions:
     seed: int = 0
     hidden: list[int] = field(default_factory=lambda: [200, 200])
     dropout: float = 0.2
-    theta_dropout: float = 0.2
+    theta_dropout: float | None = None  # dropout on θ while training; None: see `resolved`
     embedding_size: int = 200  # etm, ecrtm
     topic_words: str = "salient"  # salient | beta: how a topic's words are ranked
     checkpoint_every: int = 10  # epochs; 0: never. Not part of the model's identity.
@@ -239,6 +239,9 @@ FASTOPIC_LAMBDA = 10.0
 # with a learned gain and shift per word (see README, "Results"); the bag-of-words models and the
 # other backbones keep the published batch norm.
 DSL_DECODER_NORM = 0.75
+# With the learned gain, dropout on θ spreads each document over more topics, so the salient words
+# of topics that split one theme run together; ProdLDA's 0.2 stays for the others (see README).
+DSL_THETA_DROPOUT = 0.0
 
 
 def resolved(opts: TrainOptions) -> TrainOptions:
@@ -248,9 +251,9 @@ def resolved(opts: TrainOptions) -> TrainOptions:
     calibrate = opts.calibrate if opts.calibrate is not None else dsl
     norm = opts.decoder_norm if opts.decoder_norm is not None else (DSL_DECODER_NORM if dsl else 1.0)
     affine = opts.decoder_affine if opts.decoder_affine is not None else dsl
-    return TrainOptions(
-        **{**asdict(opts), "lam": lam, "calibrate": calibrate, "decoder_norm": norm, "decoder_affine": affine}
-    )
+    theta_dropout = opts.theta_dropout if opts.theta_dropout is not None else (DSL_THETA_DROPOUT if dsl else 0.2)
+    filled = {"lam": lam, "calibrate": calibrate, "decoder_norm": norm, "decoder_affine": affine}
+    return TrainOptions(**{**asdict(opts), **filled, "theta_dropout": theta_dropout})
 
 
 def train(store: Store, rows: np.ndarray, opts: TrainOptions) -> tuple[TopicModel, list[float]]:
@@ -274,7 +277,7 @@ def train(store: Store, rows: np.ndarray, opts: TrainOptions) -> tuple[TopicMode
         backbone=opts.backbone,
         hidden=list(opts.hidden),
         dropout=opts.dropout,
-        theta_dropout=opts.theta_dropout,
+        theta_dropout=float(opts.theta_dropout),
         decoder_temperature=opts.decoder_temperature if opts.decoder_temperature is not None else tau,
         decoder_norm=float(opts.decoder_norm),  # `resolved` filled these in
         decoder_affine=bool(opts.decoder_affine),

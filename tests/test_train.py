@@ -478,12 +478,12 @@ def test_calibrate_removes_each_words_mean_logit_over_the_training_documents(sto
     assert calibrated[rows, favoured].mean() < plain[rows, favoured].mean()
 
 
-def test_calibrate_and_decoder_norm_flags_are_recorded_and_change_the_model_id(store, tmp_path):
+def test_dsl_decoder_and_dropout_flags_are_recorded_and_change_the_model_id(store, tmp_path):
     path, _ = store
     runs = {
         "default": [],
         "before": ["--no-calibrate", "--decoder-norm", "1", "--no-decoder-affine"],
-        "centred": ["--decoder-norm", "0"],
+        "centred": ["--decoder-norm", "0", "--theta-dropout", "0.5"],
         "plain": ["--no-decoder-affine"],
     }
     config = {}
@@ -498,13 +498,14 @@ def test_calibrate_and_decoder_norm_flags_are_recorded_and_change_the_model_id(s
     assert before["training"]["calibrate"] is False and before["model"]["decoder_norm"] == 1.0
     assert before["model"]["decoder_affine"] is False and config["plain"]["model"]["decoder_affine"] is False
     assert centred["model"]["decoder_norm"] == 0.0
+    assert default["model"]["theta_dropout"] == 0.0 and centred["model"]["theta_dropout"] == 0.5
     assert len({c["id"] for c in config.values()}) == 4
     # The baselines keep ProdLDA's batch norm, uncalibrated, and the ids they had before the options.
     result = run_train("-k", "3", "--store", str(path), "--epochs", "2", "--target", "bow", "-o", str(tmp_path / "b"))
     assert result.exit_code == 0, result.output
     bow = json.loads((tmp_path / "b" / "config.json").read_text())
     assert bow["training"]["calibrate"] is False and bow["model"]["decoder_norm"] == 1.0
-    assert bow["model"]["decoder_affine"] is False
+    assert bow["model"]["decoder_affine"] is False and bow["model"]["theta_dropout"] == 0.2
     from st.train import model_id, resolved
 
     s = Store(path)
