@@ -182,7 +182,22 @@ def main() -> None:
     ap.add_argument("--k", type=int, nargs="+", default=[20, 50])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--models", default="dsl,prodlda,ctm,lda,bertopic")
-    extras = "dsl-theta-dropout,dsl-noaff,dsl-bn,ctm-dsl-decoder,ctm-norm,dsl-beta,dsl-pure,dsl-dec1,dsl-ww8,dsl-etm,dsl-ecrtm,dsl-fastopic"
+    extras = ",".join(
+        [
+            "dsl-theta-dropout",
+            "dsl-noaff",
+            "dsl-bn",
+            "ctm-dsl-decoder",
+            "ctm-norm",
+            "dsl-beta",
+            "dsl-pure",
+            "dsl-dec1",
+            "dsl-ww8",
+            "dsl-etm",
+            "dsl-ecrtm",
+            "dsl-fastopic",
+        ]
+    )
     ap.add_argument("--extra", default=extras)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--extra-k", type=int, nargs="+", default=None, help="Run the extras at these K only.")
