@@ -239,8 +239,8 @@ FASTOPIC_LAMBDA = 10.0
 # with a learned gain and shift per word (see README, "Results"); the bag-of-words models and the
 # other backbones keep the published batch norm.
 DSL_DECODER_NORM = 0.75
-# With the learned gain, dropout on θ spreads each document over more topics, so the salient words
-# of topics that split one theme run together; ProdLDA's 0.2 stays for the others (see README).
+# With the learned gain, dropout on θ measured a flatter θ, and the salient words of topics that
+# split one theme ran together; ProdLDA's 0.2 stays for the others (see README, "Results").
 DSL_THETA_DROPOUT = 0.0
 
 
@@ -252,8 +252,8 @@ def resolved(opts: TrainOptions) -> TrainOptions:
     norm = opts.decoder_norm if opts.decoder_norm is not None else (DSL_DECODER_NORM if dsl else 1.0)
     affine = opts.decoder_affine if opts.decoder_affine is not None else dsl
     theta_dropout = opts.theta_dropout if opts.theta_dropout is not None else (DSL_THETA_DROPOUT if dsl else 0.2)
-    filled = {"lam": lam, "calibrate": calibrate, "decoder_norm": norm, "decoder_affine": affine}
-    return TrainOptions(**{**asdict(opts), **filled, "theta_dropout": theta_dropout})
+    filled = {"calibrate": calibrate, "decoder_norm": norm, "decoder_affine": affine, "theta_dropout": theta_dropout}
+    return TrainOptions(**{**asdict(opts), "lam": lam, **filled})
 
 
 def train(store: Store, rows: np.ndarray, opts: TrainOptions) -> tuple[TopicModel, list[float]]:
