@@ -39,16 +39,21 @@ METRICS = ["npmi", "cv", "td", "purity", "nmi", "p@10"]
 MODELS: dict[str, tuple[str, list[str]]] = {
     "dsl": (
         "DSL-ProdLDA (st default: calibrated target + 0.3 bag of words, decoder norm 0.75 with a learned gain and "
-        "shift, no dropout on θ, salient topic words)",
+        "shift, no dropout on θ, 256 documents per step, salient topic words)",
         [],
     ),
+    "dsl-batch64": (
+        "DSL-ProdLDA, 64 documents per step (ProdLDA's; the default before)",
+        ["--batch-size", "64"],
+    ),
     "dsl-noaff": (
-        "DSL-ProdLDA, decoder norm 0.5 without the gain and shift, dropout 0.2 on θ (the default before)",
-        ["--decoder-norm", "0.5", "--no-decoder-affine", "--theta-dropout", "0.2"],
+        "DSL-ProdLDA, decoder norm 0.5 without the gain and shift, dropout 0.2 on θ, 64 documents per step (an "
+        "earlier default)",
+        ["--decoder-norm", "0.5", "--no-decoder-affine", "--theta-dropout", "0.2", "--batch-size", "64"],
     ),
     "dsl-theta-dropout": (
-        "DSL-ProdLDA, dropout 0.2 on θ (ProdLDA's)",
-        ["--theta-dropout", "0.2"],
+        "DSL-ProdLDA, dropout 0.2 on θ and 64 documents per step (ProdLDA's)",
+        ["--theta-dropout", "0.2", "--batch-size", "64"],
     ),
     "dsl-beta": ("DSL-ProdLDA, topic words ranked by β (the paper's)", ["--topic-words", "beta"]),
     "dsl-pure": ("DSL-ProdLDA, the soft label alone (the paper's target)", ["--bow-weight", "0"]),
@@ -58,7 +63,16 @@ MODELS: dict[str, tuple[str, list[str]]] = {
     "dsl-ww8": ("DSL-ProdLDA, whole-word probabilities (8 per document)", []),
     "dsl-bn": (
         "DSL-ProdLDA, ProdLDA's batch-norm decoder, no calibration (the published setting)",
-        ["--decoder-norm", "1", "--no-calibrate", "--no-decoder-affine", "--theta-dropout", "0.2"],
+        [
+            "--decoder-norm",
+            "1",
+            "--no-calibrate",
+            "--no-decoder-affine",
+            "--theta-dropout",
+            "0.2",
+            "--batch-size",
+            "64",
+        ],
     ),
     "ctm-dsl-decoder": (
         "Contextual BoW with DSL's decoder (norm 0.75, gain and shift)",
@@ -184,6 +198,7 @@ def main() -> None:
     ap.add_argument("--models", default="dsl,prodlda,ctm,lda,bertopic")
     extras = ",".join(
         [
+            "dsl-batch64",
             "dsl-theta-dropout",
             "dsl-noaff",
             "dsl-bn",

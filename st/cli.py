@@ -609,7 +609,12 @@ def _training_rows(input: str | None, store_path: str | None) -> tuple[Any, Any,
 )
 @click.option("--loss", type=click.Choice(["kl", "ce"]), default="kl", show_default=True, help="Reconstruction loss.")
 @click.option("--lr", default=2e-3, show_default=True, type=float, help="Adam learning rate.")
-@click.option("--batch-size", default=64, show_default=True, type=click.IntRange(min=2), help="Documents per step.")
+@click.option(
+    "--batch-size",
+    default=None,
+    type=click.IntRange(min=2),
+    help="Documents per step.  [default: 256 for DSL-ProdLDA, 64 otherwise]",
+)
 @click.option("--epochs", default=100, show_default=True, type=click.IntRange(min=1), help="Passes over the documents.")
 @click.option(
     "--samples", default=10, show_default=True, type=click.IntRange(min=1), help="θ draws averaged at inference."
@@ -660,7 +665,7 @@ def train(
     lam: float | None,
     loss: str,
     lr: float,
-    batch_size: int,
+    batch_size: int | None,
     epochs: int,
     samples: int,
     checkpoint_every: int,

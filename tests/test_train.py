@@ -499,6 +499,7 @@ def test_dsl_decoder_and_dropout_flags_are_recorded_and_change_the_model_id(stor
     assert before["model"]["decoder_affine"] is False and config["plain"]["model"]["decoder_affine"] is False
     assert centred["model"]["decoder_norm"] == 0.0
     assert default["model"]["theta_dropout"] == 0.0 and centred["model"]["theta_dropout"] == 0.5
+    assert default["training"]["batch_size"] == 256
     assert len({c["id"] for c in config.values()}) == 4
     # The baselines keep ProdLDA's batch norm, uncalibrated, and the ids they had before the options.
     result = run_train("-k", "3", "--store", str(path), "--epochs", "2", "--target", "bow", "-o", str(tmp_path / "b"))
@@ -506,6 +507,7 @@ def test_dsl_decoder_and_dropout_flags_are_recorded_and_change_the_model_id(stor
     bow = json.loads((tmp_path / "b" / "config.json").read_text())
     assert bow["training"]["calibrate"] is False and bow["model"]["decoder_norm"] == 1.0
     assert bow["model"]["decoder_affine"] is False and bow["model"]["theta_dropout"] == 0.2
+    assert bow["training"]["batch_size"] == 64
     from st.train import model_id, resolved
 
     s = Store(path)
