@@ -26,7 +26,7 @@ import torch
 from st.cache import Cache
 from st.lm import LM, cpu_has_fast_bf16
 from st.prompt import Prompt
-from st.train import DSL_BATCH_SIZE
+from st.train import dsl_batch_size
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -309,7 +309,7 @@ def main() -> None:
         f"{rates['max_dlogit']:.3f}, top-10 word overlap {rates['top10_overlap']:.2f}. "
         f"`--dtype auto` picks {'bfloat16' if cpu_has_fast_bf16() else 'float32'} here.",
         "",
-        f"`st train` (DSL-ProdLDA, N = 20,000, V = 2,000, K = 50, batch {DSL_BATCH_SIZE}): "
+        f"`st train` (DSL-ProdLDA, N = 20,000, V = 2,000, K = 50, batch {dsl_batch_size(20_000)}): "
         f"{train_docs_s:,.0f} documents x epochs/s, "
         f"one epoch in {20_000 / train_docs_s:.1f} s.",
         "",

@@ -242,21 +242,32 @@ DSL_DECODER_NORM = 0.75
 # With the learned gain, dropout on θ measured a flatter θ, and the salient words of topics that
 # split one theme ran together; ProdLDA's 0.2 stays for the others (see README, "Results").
 DSL_THETA_DROPOUT = 0.0
-# Fewer, larger steps than ProdLDA's 64 documents: DSL-ProdLDA's topics then split fewer themes into
-# topics that share their words (more diversity), and purity rose at K = 50. Neither the same steps
-# at 64 (25 epochs) nor 256 at four times the epochs did both (see README, "Results").
-DSL_BATCH_SIZE = 256
+# Fewer, larger steps than ProdLDA's 64 documents: on 6,000 documents, DSL-ProdLDA's topics then
+# split fewer themes into topics that share their words (more diversity), and purity rose at K = 50.
+# Neither the same steps at 64 (25 epochs) nor 256 at four times the epochs did both. On 1,000
+# documents, 4 steps per epoch were too few: 64 did better. So: the largest of these batches that
+# still gives DSL_MIN_STEPS steps per epoch (see README, "Results").
+DSL_BATCH_SIZES = (256, 128, 64)
+DSL_MIN_STEPS = 16
 
 
-def resolved(opts: TrainOptions) -> TrainOptions:
-    """Options with target- and backbone-dependent defaults filled in."""
+def dsl_batch_size(documents: int) -> int:
+    """DSL-ProdLDA's default documents per step for a training set of `documents`."""
+    return next((b for b in DSL_BATCH_SIZES if documents >= b * DSL_MIN_STEPS), DSL_BATCH_SIZES[-1])
+
+
+def resolved(opts: TrainOptions, documents: int | None = None) -> TrainOptions:
+    """Options with target- and backbone-dependent defaults filled in. DSL-ProdLDA's batch size
+    depends on the number of training `documents` too; without it, it stays unset."""
     lam = opts.lam if opts.lam is not None else (FASTOPIC_LAMBDA if opts.backbone == "fastopic" else 1000.0)
     dsl = opts.target == "softlabel" and opts.backbone == "prodlda"
     calibrate = opts.calibrate if opts.calibrate is not None else dsl
     norm = opts.decoder_norm if opts.decoder_norm is not None else (DSL_DECODER_NORM if dsl else 1.0)
     affine = opts.decoder_affine if opts.decoder_affine is not None else dsl
     theta_dropout = opts.theta_dropout if opts.theta_dropout is not None else (DSL_THETA_DROPOUT if dsl else 0.2)
-    batch_size = opts.batch_size if opts.batch_size is not None else (DSL_BATCH_SIZE if dsl else 64)
+    batch_size = opts.batch_size
+    if batch_size is None and (not dsl or documents is not None):
+        batch_size = dsl_batch_size(documents or 0) if dsl else 64
     filled = {
         "calibrate": calibrate,
         "decoder_norm": norm,
@@ -273,7 +284,7 @@ def train(store: Store, rows: np.ndarray, opts: TrainOptions) -> tuple[TopicMode
     training resumes from it, to the same result bit for bit."""
     if opts.k < 2:
         raise InputError("K must be at least 2 (-k)")
-    opts = resolved(opts)
+    opts = resolved(opts, len(rows))
     if opts.backbone == "lda":
         return train_lda(store, rows, opts), []
     if len(rows) < 2:

@@ -373,7 +373,7 @@ def test_training_resumes_from_its_checkpoint_bit_for_bit(store, monkeypatch):
         train(s, rows, opts)
     monkeypatch.setattr(train_mod, "save_checkpoint", real)
     checkpoint = train_mod.checkpoint_path(s, whole.id)
-    assert checkpoint.is_file() and whole.id == train_mod.model_id(train_mod.resolved(opts), s, rows)
+    assert checkpoint.is_file() and whole.id == train_mod.model_id(train_mod.resolved(opts, len(rows)), s, rows)
     resumed, losses = train(s, rows, opts)
     assert losses == whole_losses
     for (name, x), (_, y) in zip(whole.model.state_dict().items(), resumed.model.state_dict().items(), strict=True):
@@ -499,7 +499,7 @@ def test_dsl_decoder_and_dropout_flags_are_recorded_and_change_the_model_id(stor
     assert before["model"]["decoder_affine"] is False and config["plain"]["model"]["decoder_affine"] is False
     assert centred["model"]["decoder_norm"] == 0.0
     assert default["model"]["theta_dropout"] == 0.0 and centred["model"]["theta_dropout"] == 0.5
-    assert default["training"]["batch_size"] == 256
+    assert default["training"]["batch_size"] == 64  # too few documents here for larger steps
     assert len({c["id"] for c in config.values()}) == 4
     # The baselines keep ProdLDA's batch norm, uncalibrated, and the ids they had before the options.
     result = run_train("-k", "3", "--store", str(path), "--epochs", "2", "--target", "bow", "-o", str(tmp_path / "b"))
@@ -518,6 +518,18 @@ def test_dsl_decoder_and_dropout_flags_are_recorded_and_change_the_model_id(stor
     spec = json.dumps([identity, s.attrs.get("vocab_fingerprint"), s.attrs.get("lm")], sort_keys=True)
     digest = hashlib.sha256(spec.encode() + rows.astype(np.int64).tobytes()).hexdigest()[:8]
     assert bow["id"] == model_id(resolved(legacy), s, rows) == f"ctm-k3-{digest}"
+
+
+@pytest.mark.parametrize(
+    ("documents", "batch"), [(2, 64), (1_000, 64), (2_047, 64), (2_048, 128), (4_095, 128), (4_096, 256), (10**6, 256)]
+)
+def test_dsl_batch_size_keeps_sixteen_steps_per_epoch(documents, batch):
+    from st.train import resolved
+
+    assert resolved(TrainOptions(), documents).batch_size == batch
+    assert resolved(TrainOptions(batch_size=32), documents).batch_size == 32
+    assert resolved(TrainOptions(target="bow"), documents).batch_size == 64
+    assert resolved(TrainOptions(backbone="etm"), documents).batch_size == 64
 
 
 @pytest.mark.parametrize("power", [0.0, 0.5, 1.0])
