@@ -245,8 +245,8 @@ DSL_THETA_DROPOUT = 0.0
 # Fewer, larger steps than ProdLDA's 64 documents: on 6,000 documents, DSL-ProdLDA's topics then
 # split fewer themes into topics that share their words (more diversity), and purity rose at K = 50.
 # Neither the same steps at 64 (25 epochs) nor 256 at four times the epochs did both. On 1,000
-# documents, 4 steps per epoch were too few: 64 did better. So: the largest of these batches that
-# still gives DSL_MIN_STEPS steps per epoch (see README, "Results").
+# documents, 4 steps per epoch were too few: 64 did better; on 2,500, 128 did. So: the largest of
+# these batches that still gives DSL_MIN_STEPS steps per epoch (see README, "Results").
 DSL_BATCH_SIZES = (256, 128, 64)
 DSL_MIN_STEPS = 16
 
