@@ -613,7 +613,7 @@ def _training_rows(input: str | None, store_path: str | None) -> tuple[Any, Any,
     "--batch-size",
     default=None,
     type=click.IntRange(min=2),
-    help="Documents per step.  [default: 256 for DSL-ProdLDA, 64 otherwise]",
+    help="Documents per step.  [default: 64; DSL-ProdLDA: the largest of 256, 128, 64 that gives 16 steps per epoch]",
 )
 @click.option("--epochs", default=100, show_default=True, type=click.IntRange(min=1), help="Passes over the documents.")
 @click.option(
