@@ -227,7 +227,9 @@ def model_id(opts: TrainOptions, store: Store, rows: np.ndarray) -> str:
         del identity["decoder_norm"]
     if not opts.decoder_affine:
         del identity["decoder_affine"]
-    spec = json.dumps([identity, store.attrs.get("vocab_fingerprint"), store.attrs.get("lm")], sort_keys=True)
+    # What made the encoder's input is part of the model: `st embed` may replace a store's hidden states.
+    source = store.attrs.get("hidden_source") if opts.input == "hidden" else None
+    spec = json.dumps([identity, store.attrs.get("vocab_fingerprint"), store.attrs.get("lm"), source], sort_keys=True)
     digest = hashlib.sha256(spec.encode() + rows.astype(np.int64).tobytes()).hexdigest()[:8]
     return f"{name}-k{opts.k}-{digest}"
 

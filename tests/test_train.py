@@ -515,7 +515,7 @@ def test_dsl_decoder_and_dropout_flags_are_recorded_and_change_the_model_id(stor
     legacy = TrainOptions(k=3, epochs=2, target="bow")
     new_options = ("checkpoint_every", "calibrate", "decoder_norm", "decoder_affine")
     identity = {k: v for k, v in asdict(resolved(legacy)).items() if k not in new_options}
-    spec = json.dumps([identity, s.attrs.get("vocab_fingerprint"), s.attrs.get("lm")], sort_keys=True)
+    spec = json.dumps([identity, s.attrs.get("vocab_fingerprint"), s.attrs.get("lm"), None], sort_keys=True)
     digest = hashlib.sha256(spec.encode() + rows.astype(np.int64).tobytes()).hexdigest()[:8]
     assert bow["id"] == model_id(resolved(legacy), s, rows) == f"ctm-k3-{digest}"
 
@@ -586,3 +586,24 @@ def test_a_model_saved_before_the_decoder_norm_option_loads_with_batch_norm():
     model = ProdLDA(TopicConfig(**config))
     assert model.decoder_bn.power == 1.0 and model.decoder_bn.gain is None
     assert set(model.decoder_bn.state_dict()) == set(torch.nn.BatchNorm1d(6, affine=False).state_dict())
+
+
+def test_retraining_after_embed_gets_a_new_model_id_and_keeps_the_earlier_theta(store, tmp_path, tiny_model, cache_dir):
+    """`st embed -o` onto a soft-label store replaces its hidden states: a model trained on them
+    is another model, and must not overwrite the earlier one's θ or resume its checkpoint."""
+    path, _ = store
+    flags = ["-k", "3", "--store", str(path), "--epochs", "2"]
+    assert run_train(*flags, "-o", str(tmp_path / "before")).exit_code == 0
+    before, _ = load(str(tmp_path / "before"))
+    theta_before = np.asarray(Store(path).group[f"theta/{before.id}"][:])
+    r = CliRunner().invoke(
+        cli,
+        ["embed", str(EXAMPLES), "-o", str(path), "--model", str(tiny_model), "--cache-dir", str(cache_dir)]
+        + ["--dtype", "float32", "--max-tokens", "6", "-q"],
+    )
+    assert r.exit_code == 0, r.output
+    assert run_train(*flags, "-o", str(tmp_path / "after")).exit_code == 0
+    after, _ = load(str(tmp_path / "after"))
+    assert after.id != before.id
+    np.testing.assert_array_equal(np.asarray(Store(path).group[f"theta/{before.id}"][:]), theta_before)
+    assert after.config["input_source"]["max_tokens"] == 6
