@@ -136,6 +136,16 @@ class Store:
                 "re-create it with `st softlabel`",
                 name,
             )
+        if SWAP in attrs:  # an `st embed` onto this store was interrupted while swapping: finish it
+            try:
+                finish_hidden_swap(self.path)
+                attrs = json.loads(meta.read_text()).get("attributes", {})
+            except OSError as e:
+                raise InputError(
+                    f"an interrupted `st embed` left this store half-updated and it cannot be finished "
+                    f"here ({e.strerror}); run that `st embed` again",
+                    name,
+                ) from None
         if require_complete and not attrs.get("complete"):
             raise InputError(
                 f"incomplete store: its run stopped after {attrs.get('rows', 0)} rows; run the same command "
@@ -228,13 +238,30 @@ class HiddenWriter:
                 "to a store of the same documents only; name another -o",
                 str(self.path),
             )
-        old = self.path / "hidden-old"
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(self.path / "hidden", old)
-        os.rename(self.tmp, self.path / "hidden")
-        shutil.rmtree(old, ignore_errors=True)
+        # The intent goes into the root attributes first (an atomic write); from then on any opening
+        # of the store finishes the swap, whatever step a kill interrupted.
         group = zarr.open_group(str(self.path), mode="r+", zarr_format=3)
-        group.attrs.update({"hidden_source": self.source, "hidden_size": int(self.array.shape[1])})
+        group.attrs[SWAP] = {"hidden_source": self.source, "hidden_size": int(self.array.shape[1])}
+        finish_hidden_swap(self.path)
+
+
+SWAP = "hidden_swap"
+
+
+def finish_hidden_swap(path: Path) -> None:
+    """Moves `hidden-new` in place of `hidden` and records its source, as `HiddenWriter.finish`
+    began to; each step can be repeated, so a swap killed anywhere is finished by the next open."""
+    new, current, old = path / "hidden-new", path / "hidden", path / "hidden-old"
+    if new.is_dir():
+        if current.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(current, old)
+        os.rename(new, current)
+    shutil.rmtree(old, ignore_errors=True)
+    group = zarr.open_group(str(path), mode="r+", zarr_format=3)
+    swap = dict(group.attrs[SWAP])
+    attrs = {k: v for k, v in group.attrs.items() if k != SWAP}
+    group.attrs.put({**attrs, **swap})
 
 
 def embed_target(path: str | Path) -> Store | None:

@@ -276,6 +276,13 @@ elif point == "finish":
     def finish(self):
         die()
     store.StoreWriter.finish = finish
+elif point == "embed-swap":  # `st embed` onto a soft-label store: after the old hidden states moved aside
+    real_rename = os.rename
+    def rename(src, dst):
+        if str(src).endswith("hidden-new"):
+            die()
+        return real_rename(src, dst)
+    os.rename = rename
 from st.cli import main
 sys.argv[0] = "st"
 main()
@@ -362,3 +369,38 @@ def test_reliability_train_killed_resumes_from_its_checkpoint(store, tmp_path, c
     a = np.asarray(Store(path).group[f"theta/{model_id}"][:])
     b = np.asarray(Store(tmp_path / "whole.zarr").group[f"theta/{model_id}"][:])
     np.testing.assert_array_equal(a, b)
+
+
+def test_reliability_embed_killed_while_swapping_in_hidden_states(store, tmp_path, tiny_model, cache_dir):
+    """`st embed -o` onto a soft-label store, SIGKILLed between moving the old hidden states aside
+    and moving the new ones in: every reader still opens the store, and the re-run finishes it."""
+    import sys
+
+    import numpy as np
+
+    from tests.conftest import EXAMPLES
+
+    path, _ = store
+    logits = Store(path).array("logits")
+    embed = ["embed", str(EXAMPLES), "-o", str(path), "--model", str(tiny_model), "--dtype", "float32"]
+    embed += ["--cache-dir", str(cache_dir), "--max-tokens", "6", "-q"]
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLER, "embed-swap", "1", *embed], capture_output=True, env=st_env(cache_dir)
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    train = subprocess.run(
+        [st_exe(), "train", "-k", "3", "--epochs", "1", "--store", str(path), "-q"],
+        capture_output=True,
+        env=st_env(cache_dir),
+    )
+    assert train.returncode == 0, train.stderr
+    again = subprocess.run([st_exe(), *embed], capture_output=True, env=st_env(cache_dir))
+    assert again.returncode == 0, again.stderr
+    alone = tmp_path / "alone.zarr"
+    r = subprocess.run([st_exe(), *embed[:3], str(alone), *embed[4:]], capture_output=True, env=st_env(cache_dir))
+    assert r.returncode == 0, r.stderr
+    s = Store(path)
+    np.testing.assert_array_equal(s.array("hidden"), Store(alone).array("hidden"))
+    np.testing.assert_array_equal(s.array("logits"), logits)
+    assert s.attrs["hidden_source"]["max_tokens"] == 6
+    assert sorted(p.name for p in path.iterdir() if p.name.startswith("hidden")) == ["hidden"]
