@@ -499,24 +499,27 @@ class LM:
         return result
 
     @torch.inference_mode()
-    def _full_logits(self, batch: Batch) -> torch.Tensor:
+    def _hidden_and_logits(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Last-position hidden states and full next-token logits, from one pass of the whole model."""
         kwargs: dict[str, Any] = dict(
             input_ids=batch.input_ids.to(self.device),
             attention_mask=batch.attention_mask.to(self.device),
             position_ids=batch.position_ids.to(self.device),
             use_cache=False,
+            output_hidden_states=True,
         )
         try:
-            return self.model(**kwargs, logits_to_keep=1).logits[:, -1, :]
+            out = self.model(**kwargs, logits_to_keep=1)
         except TypeError:
-            return self.model(**kwargs).logits[:, -1, :]
+            out = self.model(**kwargs)
+        return out.hidden_states[-1][:, -1, :], out.logits[:, -1, :]
 
     @torch.inference_mode()
     def _check_head(self) -> bool:
         ids = self.tokenizer([Prompt().render("A short check that the output head is exact.")])["input_ids"]
         batch = make_batches(ids, self.pad_id, 10**9, 1)[0]
-        full = self._full_logits(batch).float()
-        derived = self.head(self._forward(batch)).float()
+        hidden, full = self._hidden_and_logits(batch)
+        full, derived = full.float(), self.head(hidden).float()
         scale = float(full.abs().max()) or 1.0
         tol = 1e-4 if self.dtype == torch.float32 else 2e-2
         return bool((full - derived).abs().max() <= tol * scale)
@@ -583,9 +586,12 @@ class LM:
                 for batch in make_batches(ids, self.pad_id, budget, batch_size or 10**9)
             ]
             for batch, rows_in_missing, prefixed in batches:
+                full = None
                 if whole:
                     assert whole_words is not None
                     h, word_logp = self._whole_word_logits(batch, prefix if prefixed else None, whole_words)
+                elif logit_keys:  # logits that the head alone does not give: one pass of the whole model
+                    h, full = self._hidden_and_logits(batch)
                 else:
                     h = self._forward(batch, prefix if prefixed else None)
                 batch = Batch(rows_in_missing, batch.input_ids, batch.attention_mask, batch.position_ids)
@@ -597,7 +603,8 @@ class LM:
                     if whole:
                         full = word_logp
                     else:
-                        full = self._full_logits(batch)[:, torch.as_tensor(vocab_token_ids, device=self.device)]
+                        assert full is not None
+                        full = full[:, torch.as_tensor(vocab_token_ids, device=self.device)]
                     rows = zip(batch.rows, full.float().cpu().numpy(), strict=True)
                     found_logits.update({logit_keys[missing[r]]: v for r, v in rows})
                     entries.update({k: found_logits[k] for k in (logit_keys[missing[r]] for r in batch.rows)})

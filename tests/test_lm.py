@@ -137,6 +137,46 @@ def test_head_check_falls_back_to_caching_logits(tiny_model, cache_dir, monkeypa
     assert np.abs(ref).max() < 30
 
 
+def test_a_model_without_an_exact_head_runs_one_forward_pass_per_batch(tiny_model, cache_dir, monkeypatch):
+    from transformers import LlamaForCausalLM, LlamaModel
+
+    original, body = LlamaForCausalLM.forward, LlamaModel.forward
+
+    def capped(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        out.logits = 30 * torch.tanh(out.logits / 30)
+        return out
+
+    passes = []
+
+    def counted(self, *args, **kwargs):
+        passes.append(1)
+        return body(self, *args, **kwargs)
+
+    monkeypatch.setattr(LlamaForCausalLM, "forward", capped)
+    monkeypatch.setattr(LlamaModel, "forward", counted)
+    lm = LM(str(tiny_model), device="cpu", dtype="float32", cache_dir=cache_dir)
+    assert not lm.head_is_exact
+    first = np.asarray([lm.tokenizer(" " + w, add_special_tokens=False)["input_ids"][0] for w in WORDS])
+    passes.clear()
+    progress: list[int] = []
+    hidden, logits = lm.encode(
+        DOCS,
+        Prompt(),
+        512,
+        Cache(cache_dir),
+        batch_tokens=64,
+        vocab_token_ids=first,
+        vocab_fingerprint="v1",
+        on_batch=progress.append,
+    )
+    batches = len(progress) - 1  # the first call counts the documents found in the cache
+    assert batches > 1 and len(passes) == batches
+    ref_hidden, ref_logits, _ = direct(tiny_model, DOCS, WORDS)
+    np.testing.assert_allclose(hidden, ref_hidden, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(logits, ref_logits, atol=1e-4, rtol=0)
+
+
 def test_missing_embedded_wheel_says_how_to_install_it(monkeypatch):
     import importlib.metadata
 
