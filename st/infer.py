@@ -88,13 +88,15 @@ def infer(
         n += len(chunk)
         chunk.clear()
 
+    # Each store a record points into is read once per call: a store re-created between two calls is seen anew.
+    seen: dict[str, dict[str, Any] | None] = {}
     with console.progress("st infer") as bar:
         for doc in records.read_documents(path, text_field, lines):
             if not doc.text:
                 continue
             if isinstance(doc.record.get("_st"), dict):
                 ref = doc.record["_st"]
-                store_attrs = _store_attrs(ref.get("store"))
+                store_attrs = _store_attrs(ref.get("store"), seen)
                 if store_attrs is not None:
                     check_store(model, store_attrs, f"{name}:{doc.line}")
             chunk.append(doc)
@@ -109,17 +111,14 @@ def infer(
     return n
 
 
-_seen_stores: dict[str, dict[str, Any] | None] = {}
-
-
-def _store_attrs(path: object) -> dict[str, Any] | None:
-    """The attributes of the store a record came from, read once per store (never written)."""
+def _store_attrs(path: object, seen: dict[str, dict[str, Any] | None]) -> dict[str, Any] | None:
+    """The attributes of the store a record came from (never written), read once into `seen`."""
     from st.store import _read_attrs
 
     if not isinstance(path, str):
         return None
-    if path not in _seen_stores:
+    if path not in seen:
         from pathlib import Path
 
-        _seen_stores[path] = _read_attrs(Path(path))
-    return _seen_stores[path]
+        seen[path] = _read_attrs(Path(path))
+    return seen[path]

@@ -607,3 +607,20 @@ def test_retraining_after_embed_gets_a_new_model_id_and_keeps_the_earlier_theta(
     assert after.id != before.id
     np.testing.assert_array_equal(np.asarray(Store(path).group[f"theta/{before.id}"][:]), theta_before)
     assert after.config["input_source"]["max_tokens"] == 6
+
+
+def test_infer_reads_each_stores_attributes_afresh_in_every_call(store, tmp_path, tiny_model, cache_dir):
+    """A store re-created at the same path with another max tokens: records pointing into it are
+    refused by the next `infer` in the same process, not judged by what the first call saw."""
+    path, records_out = store
+    assert run_train("-k", "3", "--store", str(path), "--epochs", "1", "-o", str(tmp_path / "m")).exit_code == 0
+    infer = ["infer", "-m", str(tmp_path / "m"), "--cache-dir", str(cache_dir), "-q"]
+    assert CliRunner().invoke(cli, infer, input=records_out).exit_code == 0
+    r = CliRunner().invoke(
+        cli,
+        ["softlabel", str(EXAMPLES), "-o", str(path), "--model", str(tiny_model), "--cache-dir", str(cache_dir)]
+        + ["--dtype", "float32", "--vocab-size", "300", "--max-tokens", "8", "-q"],
+    )
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(cli, infer, input=records_out)
+    assert r.exit_code == 2 and "encoded with another max tokens" in r.output
