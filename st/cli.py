@@ -858,6 +858,7 @@ def infer(
     "--rater", default=None, metavar="MODEL", help="The rating LM.  [default: the embedded SmolLM2-135M-Instruct]"
 )
 @cache_dir_option
+@trust_remote_code_option
 @quiet_option
 def eval_command(
     store_path: str,
@@ -871,6 +872,7 @@ def eval_command(
     llm_rating: bool,
     rater: str | None,
     cache_dir: str | None,
+    trust_remote_code: bool,
 ) -> None:
     """Measure topic models: coherence (gensim), diversity, clustering and retrieval against labels."""
     from st import evaluate as ev
@@ -913,7 +915,7 @@ def eval_command(
                 bar.advance()
         if llm_rating:
             if rating_lm is None:
-                rating_lm = _load_lm(rater, "auto", "auto", _cache_dir(cache_dir), False)
+                rating_lm = _load_lm(rater, "auto", "auto", _cache_dir(cache_dir), trust_remote_code)
             ratings = ev.llm_rating(topics, rating_lm, _lm_cache(cache_dir), top_words)
             row["llm_rating"] = round(float(np.mean(ratings)), 6)
         results.append(row)
@@ -962,6 +964,7 @@ def _eval_output(results: list[dict[str, Any]], fmt: str) -> None:
 @lm_location_option
 @device_option
 @cache_dir_option
+@trust_remote_code_option
 @quiet_option
 def search(
     query: str | None,
@@ -975,6 +978,7 @@ def search(
     lm: str | None,
     device: str,
     cache_dir: str | None,
+    trust_remote_code: bool,
 ) -> None:
     """Topic-guided retrieval: the stored documents whose θ is closest to a query's.
 
@@ -1008,7 +1012,7 @@ def search(
         row = ids.index(like)
         idx, scores = search_mod.rank(theta, theta[row], n, divergence, exclude=row, log_t=log_t)
     else:
-        q = _query_theta(model, str(query), lm, device, cache_dir)
+        q = _query_theta(model, str(query), lm, device, cache_dir, trust_remote_code)
         idx, scores = search_mod.rank(theta, q, n, divergence, log_t=log_t)
     field = store.attrs.get("text_field", "text")
     stored = store.group["records"]
@@ -1028,7 +1032,9 @@ def search(
     out.flush()
 
 
-def _query_theta(model: Any, text: str, lm: str | None, device: str, cache_dir: str | None) -> Any:
+def _query_theta(
+    model: Any, text: str, lm: str | None, device: str, cache_dir: str | None, trust_remote_code: bool
+) -> Any:
     from st.infer import check_lm
     from st.prompt import Prompt
 
@@ -1036,7 +1042,7 @@ def _query_theta(model: Any, text: str, lm: str | None, device: str, cache_dir: 
     if model.config["training"]["input"] == "bow":
         return model.theta(vocab_mod.bag_of_words([text], model.vocab).toarray().astype(np.float32))[0]
     folder = _cache_dir(cache_dir)
-    loaded = _training_lm(model, lm, device, folder, False)
+    loaded = _training_lm(model, lm, device, folder, trust_remote_code)
     check_lm(model, loaded, "the LM")
     prompt = Prompt(**source["prompt"]) if source.get("prompt") else Prompt()
     hidden, _ = loaded.encode([text], prompt, int(source.get("max_tokens") or 512), _lm_cache(cache_dir))

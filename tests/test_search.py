@@ -57,3 +57,29 @@ def test_search_command(store, tmp_path, cache_dir):
     ]:
         r = runner.invoke(cli, [*base, *args])
         assert r.exit_code == 2 and message in r.output, r.output
+
+
+def test_search_and_the_eval_rater_pass_trust_remote_code_through(store, tmp_path, cache_dir, tiny_model, monkeypatch):
+    """The LM that `st search` encodes a query with, and `st eval`'s rater, load with remote code
+    only when asked (--trust-remote-code), like every other command that loads an LM."""
+    from st import lm as lm_module
+
+    path, _ = store
+    runner = CliRunner()
+    r = runner.invoke(cli, ["train", "-q", "-k", "3", "--store", str(path), "--epochs", "1", "-o", str(tmp_path / "m")])
+    assert r.exit_code == 0, r.output
+    seen: list[bool] = []
+    real_init = lm_module.LM.__init__
+
+    def init(self, *args, **kwargs):
+        seen.append(kwargs.get("trust_remote_code", False))
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(lm_module.LM, "__init__", init)
+    base = ["-q", "-m", str(tmp_path / "m"), "--store", str(path), "--cache-dir", str(cache_dir)]
+    for flag in ([], ["--trust-remote-code"]):
+        r = runner.invoke(cli, ["search", *base, "apache virtual hosts", *flag])
+        assert r.exit_code == 0, r.output
+        r = runner.invoke(cli, ["eval", *base, "--metrics", "td", "--llm-rating", "--rater", str(tiny_model), *flag])
+        assert r.exit_code == 0, r.output
+    assert seen == [False, False, True, True]
