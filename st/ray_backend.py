@@ -1,11 +1,13 @@
-"""`--backend ray`: the LM stage spread over a Ray cluster with Ray Data.
+"""`--backend ray`: the LM stage spread over a pool of Ray actors.
 
-Store chunks are the unit of work: each becomes one Ray Data row, which a pool of stateful actors
-(each holding the LM, the GPU it was given and a handle on the LM cache) turns into hidden states
-and logits with `encode_chunk`, the batch function of the local backend. Results stream back in
-order to this process, which alone writes the store, one whole chunk at a time, and prints the
-records; so workers need no shared disk for the store. They do share the LM cache: a local folder
-on one machine, a shared folder or an object-store URL (`--cache-dir s3://…`) on a cluster.
+Store chunks are the unit of work: a pool of stateful actors (each holding the LM, the GPU it was
+given and a handle on the LM cache) turns each chunk into hidden states and logits with
+`encode_chunk`, the batch function of the local backend. The input is read as the workers need it
+(at most two chunks in flight per worker), and results come back in order to this process, which
+alone writes the store, one whole chunk at a time, and prints the records; so the driver holds a
+bounded number of chunks, and workers need no shared disk for the store. They do share the LM
+cache: a local folder on one machine, a shared folder or an object-store URL
+(`--cache-dir s3://…`) on a cluster.
 
 A worker that dies is restarted by Ray and its chunk retried; batches it finished are in the cache
 and are not computed again. A run that stops altogether resumes the same way when re-run.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,26 +78,22 @@ class ChunkEncoder:
             )
         self.identity = orjson.dumps(self.lm.identity, option=orjson.OPT_SORT_KEYS).decode()
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
-        out: dict[str, list[Any]] = {"chunk": [], "hidden": [], "logits": [], "identity": [], "computed": []}
-        for chunk, texts_json in zip(batch["chunk"], batch["texts"], strict=True):
-            texts = orjson.loads(texts_json)
-            before = self.lm.documents_computed
-            hidden, logits = encode_chunk(self.lm, texts, self.vocabulary, self.opts, self.cache)
-            out["chunk"].append(int(chunk))
-            out["hidden"].append(np.ascontiguousarray(hidden, dtype=np.float32).tobytes())
-            out["logits"].append(b"" if logits is None else np.ascontiguousarray(logits, dtype=np.float32).tobytes())
-            out["identity"].append(self.identity)
-            out["computed"].append(self.lm.documents_computed - before)
-        return out
+    def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray | None, str, int]:
+        before = self.lm.documents_computed
+        hidden, logits = encode_chunk(self.lm, texts, self.vocabulary, self.opts, self.cache)
+        hidden = np.ascontiguousarray(hidden, dtype=np.float32)
+        logits = None if logits is None else np.ascontiguousarray(logits, dtype=np.float32)
+        return hidden, logits, self.identity, self.lm.documents_computed - before
+
+
+IN_FLIGHT_PER_WORKER = 2  # one being computed, one waiting: workers never idle, the driver stays bounded
 
 
 def _ray() -> Any:
     try:
         import ray
-        import ray.data  # noqa: F401
     except ImportError:
-        raise StError("the Ray backend needs Ray Data: pip install 'st[ray]' (or pip install 'ray[data]')") from None
+        raise StError("the Ray backend needs Ray: pip install 'st[ray]' (or pip install ray)") from None
     return ray
 
 
@@ -183,24 +182,12 @@ class RayEncoder:
         self, chunks: Iterator[list[str]], vocabulary: Vocabulary | None, opts: Options, advance: Callable[[int], None]
     ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         ray = _ray()
-        from ray.data import DataContext
-
-        sizes: list[int] = []
-        items = []
-        for i, texts in enumerate(chunks):
-            items.append({"chunk": i, "texts": orjson.dumps(texts)})
-            sizes.append(len(texts))
         workers = self._workers(ray)
         cpus = self.options.cpus_per_worker
         if cpus is None and self.options.gpus_per_worker > 0:
             cpus = 1.0
         elif cpus is None:
             cpus = max(1.0, ray.cluster_resources().get("CPU", 1) // workers)
-        context = DataContext.get_current()
-        context.execution_options.preserve_order = True  # chunks come back in input order
-        context.enable_progress_bars = False
-        context.print_on_execution_start = False
-        context.raise_original_map_exception = True
         worker_opts = {
             "text_field": opts.text_field,
             "max_tokens": opts.max_tokens,
@@ -219,54 +206,58 @@ class RayEncoder:
                 "fingerprint": vocabulary.fingerprint,
                 "tokens": vocabulary.tokens,
             }
-        console.info(
-            f"Ray: {len(items)} chunks over {workers} workers "
-            f"({cpus:g} CPUs{f', {self.options.gpus_per_worker:g} GPUs' if self.options.gpus_per_worker else ''} each)"
-        )
-        dataset = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-            ChunkEncoder,
-            fn_constructor_kwargs={"spec": self.spec, "opts": worker_opts, "vocabulary": vocab_spec},
-            batch_size=1,
-            batch_format="numpy",
-            # A fixed pool. Ray Data restarts an actor that dies and retries its chunk (its defaults).
-            compute=ray.data.ActorPoolStrategy(size=workers),
+        gpus = f", {self.options.gpus_per_worker:g} GPUs" if self.options.gpus_per_worker else ""
+        console.info(f"Ray: chunks over {workers} workers ({cpus:g} CPUs{gpus} each)")
+        # A dead actor is restarted with the same arguments and its pending calls are retried.
+        actor = ray.remote(max_restarts=-1, max_task_retries=-1)(ChunkEncoder).options(
             num_cpus=cpus,
             num_gpus=self.options.gpus_per_worker or None,
             runtime_env={"env_vars": {"OMP_NUM_THREADS": str(int(cpus))}},
         )
-        expected = 0
-        for name in ("ray", "ray.data"):
-            logging.getLogger(name).setLevel(logging.ERROR)
+        pool = [actor.remote(self.spec, worker_opts, vocab_spec) for _ in range(workers)]
+        in_flight: deque[tuple[int, Any]] = deque()
+        submitted = 0
+        done = 0
+        logging.getLogger("ray").setLevel(logging.ERROR)
+
+        def submit() -> bool:
+            nonlocal submitted
+            texts = next(chunks, None)
+            if texts is None:
+                return False
+            in_flight.append((len(texts), pool[submitted % workers].encode.remote(texts)))
+            submitted += 1
+            return True
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Ray's advice on tuning goes to its logs, not to our users
             try:
-                for row in dataset.iter_rows():
-                    chunk = int(row["chunk"])
-                    if chunk != expected:
-                        raise StError(f"Ray returned chunk {chunk} where chunk {expected} was due")
-                    identity = orjson.loads(row["identity"])
+                while len(in_flight) < workers * IN_FLIGHT_PER_WORKER and submit():
+                    pass
+                while in_flight:
+                    n, ref = in_flight.popleft()
+                    hidden, logits, identity_json, computed = ray.get(ref)
+                    identity = orjson.loads(identity_json)
                     if identity != self.identity:
                         raise StError(f"a Ray worker loaded another LM: {identity}, not {self.identity}")
-                    n = sizes[chunk]
-                    hidden = np.frombuffer(row["hidden"], dtype=np.float32).reshape(n, self.hidden_size)
-                    logits = None
-                    if vocabulary is not None:
-                        logits = np.frombuffer(row["logits"], dtype=np.float32).reshape(n, len(vocabulary.words))
-                    self.documents_computed += int(row["computed"])
+                    if hidden.shape != (n, self.hidden_size):
+                        raise StError(f"a Ray worker returned hidden states of shape {hidden.shape} for chunk {done}")
+                    self.documents_computed += int(computed)
                     advance(n)
-                    expected += 1
+                    done += 1
+                    submit()  # the next chunk is read only as one leaves
                     yield hidden, logits
             except StError:
                 raise
-            except Exception as e:  # noqa: BLE001 - Ray wraps worker errors in many types
+            except Exception as e:  # Ray wraps worker errors in many types
                 cause = _cause(e)
                 if isinstance(cause, StError):
                     raise StError(str(cause)) from None
                 first = (str(cause).strip().splitlines() or [type(cause).__name__])[-1]
                 raise StError(f"the Ray run failed: {type(cause).__name__}: {first}") from None
             finally:
+                for handle in pool:
+                    ray.kill(handle)
                 if self.started_ray:
                     ray.shutdown()
                     self.started_ray = False
-        if expected != len(items):
-            raise StError(f"Ray returned {expected} of {len(items)} chunks")

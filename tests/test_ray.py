@@ -158,3 +158,27 @@ def test_ray_on_a_laptop_starts_its_own_instance(tiny_model, cache_dir, local_st
     assert records_without_store(proc.stdout.splitlines()) == records_without_store(local_lines)
     assert "(0 through the LM, 300 from the cache)" in proc.stderr.decode()
     assert_same_store(store, local)
+
+
+def test_ray_driver_holds_a_bounded_number_of_chunks(cluster, tiny_model, tmp_path):
+    """The driver reads the input as the workers need it: when the first chunk's result comes
+    back, only a few chunks per worker have been read, not the whole corpus."""
+    from st.ray_backend import LMSpec, RayEncoder, RayOptions
+    from st.softlabel import Options
+
+    cache = tmp_path / "cache"
+    spec = LMSpec(str(tiny_model), "cpu", "float32", str(cache), str(cache), False)
+    encoder = RayEncoder(spec, RayOptions(address="auto", workers=2))
+    encoder.start()
+    read: list[int] = []
+
+    def chunks():
+        for i in range(40):
+            read.append(i)
+            yield [f"document {i} about apache and hibernate, part {j}" for j in range(4)]
+
+    results = encoder.encode(chunks(), None, Options(chunk_rows=4), lambda n: None)
+    hidden, _ = next(results)
+    assert hidden.shape == (4, 64)
+    assert len(read) <= 2 * 2 + 1, len(read)
+    assert len(list(results)) == 39
