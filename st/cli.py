@@ -11,6 +11,7 @@ work is in one module per stage (st.vocab, st.softlabel), the LM backend (st.lm)
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sys
@@ -226,14 +227,14 @@ def _lm_cache(value: str | None) -> LMCache:
     return open_cache(_cache_spec(value))
 
 
-def _load_lm(model: str | None, device: str, dtype: str, cache_dir: Path, trust_remote_code: bool):  # noqa: ANN202
+def _load_lm(model: str | None, device: str, dtype: str, cache_dir: Path, trust_remote_code: bool):
     from st.lm import LM
 
     with console.status("loading the LM"):
         return LM(model, device=device, dtype=dtype, cache_dir=cache_dir, trust_remote_code=trust_remote_code)
 
 
-def _training_lm(model: Any, where: str | None, device: str, cache_dir: Path, trust_remote_code: bool):  # noqa: ANN202
+def _training_lm(model: Any, where: str | None, device: str, cache_dir: Path, trust_remote_code: bool):
     """The LM (and dtype) a topic model's inputs came from; `where` overrides its location."""
     identity = (model.config.get("input_source") or model.config).get("lm") or {}
     name = where or identity.get("model")
@@ -369,7 +370,7 @@ def _encode_command(kind: str) -> Callable[..., None]:
             ray_opts = RayOptions(ray_address, workers, gpus_per_worker, cpus_per_worker)
             encoder: softlabel.Encoder = RayEncoder(spec, ray_opts)
         else:
-            load = lambda: _load_lm(model, device, dtype, folder, trust_remote_code)  # noqa: E731
+            load = functools.partial(_load_lm, model, device, dtype, folder, trust_remote_code)
             encoder = softlabel.LocalEncoder(load, cache)
         building = kind == "softlabel" and words is None
         path, cleanup = softlabel.spool_stdin(input) if building else (input, lambda: None)
@@ -1094,7 +1095,7 @@ def main(args: list[str] | None = None) -> None:
         code = 143
     except BrokenPipeError:
         code = 141
-    except Exception as e:  # noqa: BLE001 - the promise is: no traceback, one line
+    except Exception as e:  # the promise is: no traceback, one line
         if os.environ.get("ST_DEBUG"):
             raise
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""

@@ -201,7 +201,7 @@ RATING_QUESTION = (
 )
 
 
-def llm_rating(topics: Sequence[Sequence[str]], lm, cache, topn: int = 10) -> list[float]:  # noqa: ANN001
+def llm_rating(topics: Sequence[Sequence[str]], lm, cache, topn: int = 10) -> list[float]:
     """Each topic's rating by an instruction-tuned LM: the expected value of its next-token
     distribution over "1", "2" and "3", asked through the shared backend (and its cache)."""
     from st.prompt import Prompt

@@ -118,7 +118,7 @@ def resolve(model: str | None) -> ModelSource:
         from huggingface_hub import snapshot_download
 
         folder = Path(snapshot_download(model, local_files_only=True))
-    except Exception:  # noqa: BLE001 - the hub library raises many kinds; all mean "not here"
+    except Exception:  # the hub library raises many kinds; all mean "not here"
         raise InputError(
             "not a local folder, and not in the Hugging Face cache; download it first "
             f"(`hf download {model}`) or pass its folder",
@@ -168,7 +168,7 @@ def local_folder(source: ModelSource, cache_dir: Path) -> Path:
     return target
 
 
-def load_tokenizer(source: ModelSource, cache_dir: Path, trust_remote_code: bool = False):  # noqa: ANN201
+def load_tokenizer(source: ModelSource, cache_dir: Path, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     _quiet_transformers()

@@ -29,8 +29,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-BACKBONES = ("prodlda", "etm", "ecrtm", "fastopic")
-
 
 @dataclass
 class TopicConfig:
@@ -289,7 +287,7 @@ class FASTopic(nn.Module):
         return self.beta(update=False)[0].detach().double()
 
     @torch.no_grad()
-    def theta(self, x: torch.Tensor, samples: int = 10, seed: int = 0) -> torch.Tensor:  # noqa: ARG002 (deterministic)
+    def theta(self, x: torch.Tensor, samples: int = 10, seed: int = 0) -> torch.Tensor:  # deterministic
         return self.doc_topic(x, update=False)[0]
 
 
@@ -311,11 +309,11 @@ class GensimLDA:
     """The LDA baseline: gensim's LdaModel on the same vocabulary and bag of words. It is saved as
     its sufficient statistics and priors (safetensors) and rebuilt from them: never pickled."""
 
-    def __init__(self, lda) -> None:  # noqa: ANN001 (gensim.models.LdaModel)
+    def __init__(self, lda) -> None:  # gensim.models.LdaModel
         self.lda = lda
 
     @staticmethod
-    def _empty(k: int, vocab_size: int, seed: int, passes: int, iterations: int, alpha, eta):  # noqa: ANN001, ANN205
+    def _empty(k: int, vocab_size: int, seed: int, passes: int, iterations: int, alpha, eta):
         from gensim.models import LdaModel
 
         return LdaModel(
@@ -329,7 +327,7 @@ class GensimLDA:
         )
 
     @classmethod
-    def fit(cls, bow, k: int, passes: int, iterations: int, seed: int) -> GensimLDA:  # noqa: ANN001 (CSR matrix)
+    def fit(cls, bow, k: int, passes: int, iterations: int, seed: int) -> GensimLDA:  # CSR matrix
         from gensim.matutils import Sparse2Corpus
 
         lda = cls._empty(k, bow.shape[1], seed, passes, iterations, "symmetric", None)

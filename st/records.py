@@ -43,7 +43,7 @@ def open_binary(path: str) -> IO[bytes]:
     if path == "-":
         return sys.stdin.buffer
     try:
-        return open(path, "rb")  # noqa: SIM115 (closed by the caller's generator)
+        return open(path, "rb")  # closed by the caller's generator
     except OSError as e:
         raise InputError(f"cannot open: {e.strerror}", source_name(path)) from None
 
@@ -95,9 +95,10 @@ def parse_object(line: str, name: str, number: int) -> dict[str, Any]:
 
 
 def read_documents(
-    path: str, text_field: str = "text", lines: bool = False, skip_empty: bool = True, name: str | None = None
+    path: str, text_field: str = "text", lines: bool = False, name: str | None = None
 ) -> Iterator[Document]:
-    """Validated documents, streamed. Empty documents are skipped with a warning by the caller's count."""
+    """Validated documents, streamed. A blank document comes with text "" (whitespace is not a
+    document); the caller skips and counts it."""
     name = name or source_name(path)
     seen: dict[str, int] = {}
     for number, line in iter_lines(path, name):
@@ -121,10 +122,7 @@ def read_documents(
                 f"duplicate id {doc_id!r} (first on line {seen[doc_id]}); ids must be unique", name, number
             )
         seen[doc_id] = number
-        if skip_empty and not text.strip():
-            yield Document(number, doc_id, "", record)  # the caller skips and counts it
-            continue
-        yield Document(number, doc_id, text, record)
+        yield Document(number, doc_id, text if text.strip() else "", record)
 
 
 def dumps(record: dict[str, Any]) -> bytes:

@@ -64,7 +64,7 @@ def spool_stdin(path: str) -> tuple[str, Callable[[], None]]:
     disk, not into memory."""
     if path != "-":
         return path, lambda: None
-    tmp = tempfile.NamedTemporaryFile(prefix="st-stdin-", suffix=".jsonl", delete=False)  # noqa: SIM115
+    tmp = tempfile.NamedTemporaryFile(prefix="st-stdin-", suffix=".jsonl", delete=False)
     with tmp:
         shutil.copyfileobj(records.open_binary("-"), tmp, 1 << 20)
     return tmp.name, lambda: Path(tmp.name).unlink(missing_ok=True)

@@ -154,7 +154,7 @@ class Store:
             )
         try:
             self.group = zarr.open_group(str(self.path), mode="r", zarr_format=3)
-        except Exception as e:  # noqa: BLE001 - zarr raises many kinds for a damaged folder
+        except Exception as e:  # zarr raises many kinds for a damaged folder
             raise InputError(f"damaged store ({type(e).__name__}); re-create it with `st softlabel`", name) from None
         self.attrs: dict[str, Any] = dict(attrs)
         self.rows = int(attrs.get("rows", 0))
@@ -171,7 +171,7 @@ class Store:
             raise InputError(f"the store has no {name!r} array", str(self.path))
         try:
             values = np.asarray(self.group[name][: self.rows] if name != "vocab" else self.group[name][:])
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise InputError(
                 f"damaged {name!r} array ({type(e).__name__}); re-create the store", str(self.path)
             ) from None

@@ -220,13 +220,6 @@ def model_id(opts: TrainOptions, store: Store, rows: np.ndarray) -> str:
     elif opts.backbone != "prodlda":
         name = f"{name}-{opts.backbone}"
     identity = {k: v for k, v in asdict(opts).items() if k != "checkpoint_every"}
-    # Models trained before these options existed had them off, and keep their ids.
-    if not opts.calibrate:
-        del identity["calibrate"]
-    if opts.decoder_norm == 1.0:
-        del identity["decoder_norm"]
-    if not opts.decoder_affine:
-        del identity["decoder_affine"]
     # What made the encoder's input is part of the model: `st embed` may replace a store's hidden states.
     source = store.attrs.get("hidden_source") if opts.input == "hidden" else None
     spec = json.dumps([identity, store.attrs.get("vocab_fingerprint"), store.attrs.get("lm"), source], sort_keys=True)
@@ -406,7 +399,7 @@ def restore_checkpoint(
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads(f.metadata()["st"])
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # safe_open has no __iter__
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         optim_state: dict[int, dict[str, torch.Tensor]] = {}
         for key, value in tensors.items():
@@ -417,7 +410,7 @@ def restore_checkpoint(
         torch.set_rng_state(tensors["rng.global"])
         shuffle.set_state(tensors["rng.shuffle"])
         return [float(v) for v in meta["losses"]]
-    except Exception as e:  # noqa: BLE001 - any damage means the same: start over
+    except Exception as e:  # any damage means the same: start over
         console.warn(f"ignoring a damaged training checkpoint ({type(e).__name__}), starting over: {path}")
         path.unlink(missing_ok=True)
         return None
@@ -510,7 +503,7 @@ def load(spec: str) -> tuple[TopicModel, Store | None]:
             model = build(TopicConfig(**config["model"]))
             model.load_state_dict(state)
             model.eval()
-    except Exception as e:  # noqa: BLE001 - safetensors, torch and OS errors all mean the same here
+    except Exception as e:  # safetensors, torch and OS errors all mean the same here
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f"missing or damaged model.safetensors ({first}); train it again", spec) from None
     return TopicModel(model, config, vocab, None if salient is None else salient.numpy()), store

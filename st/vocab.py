@@ -92,7 +92,7 @@ class Projection:
         return sum(len(ws) for ws in self.collisions.values())
 
 
-def project(words: Sequence[str], tokenizer) -> Projection:  # noqa: ANN001 (a transformers tokenizer)
+def project(words: Sequence[str], tokenizer) -> Projection:  # a transformers tokenizer
     encoded = tokenizer([" " + w for w in words], add_special_tokens=False)["input_ids"]
     ids = np.empty(len(words), dtype=np.int64)
     tokens = []
@@ -116,7 +116,7 @@ def unique_prefix(words: Sequence[str], projection: Projection) -> list[str]:
     return [w for w in words if w not in drop]
 
 
-def collision_report(projection: Projection, tokenizer, examples: int = 3) -> str:  # noqa: ANN001
+def collision_report(projection: Projection, tokenizer, examples: int = 3) -> str:
     groups = sorted(projection.collisions.items(), key=lambda kv: -len(kv[1]))
     shown = "; ".join(
         f"{tokenizer.decode([t])!r}: {', '.join(ws[:6])}{', ...' if len(ws) > 6 else ''}" for t, ws in groups[:examples]

@@ -57,7 +57,7 @@ def test_sqlite_cache_serves_other_threads(tmp_path):
         try:
             cache.put_many(stored)
             assert len(cache.get_many(stored)) == 5
-        except BaseException as e:  # noqa: BLE001
+        except BaseException as e:
             errors.append(e)
 
     t = threading.Thread(target=work)
