@@ -146,7 +146,7 @@ def peak_rss_mb(corpus: str, n: int, model: Path | None = None) -> float:
             (Path(tmp) / "cache" / "models").symlink_to(models)
         cmd = [sys.executable, "-m", "st", "softlabel", str(src), "-o", str(Path(tmp) / "s.zarr"), "-q"]
         if model is not None:
-            cmd += ["--model", str(model)]
+            cmd += ["--lm", str(model)]
         code = (
             "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
             "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
@@ -217,8 +217,8 @@ def train_rate(n: int = 20_000, v: int = 2000, k: int = 50, epochs: int = 2) -> 
 def retrieval_rates(n: int = 20_000, k: int = 50, stored: int = 1_000_000) -> dict[str, float]:
     """P@10 over n documents: st eval's blocked KL against the common per-document loop; and one
     `st search` query over `stored` documents."""
-    from st.evaluate import precision_at
-    from st.search import log_theta, rank
+    from st.metrics import precision_at
+    from st.ranking import log_theta, rank
 
     rng = np.random.default_rng(0)
     theta = rng.dirichlet(np.full(k, 0.1), size=n)

@@ -5,7 +5,7 @@ raw texts; UMAP (5 dimensions, cosine) and k-means give exactly K topics (HDBSCA
 own number and leave outliers); c-TF-IDF ranks the words of the store's own vocabulary, computed
 on each document's vocabulary tokens (what `st` sees too). A document's topic is BERTopic's cluster;
 its θ for retrieval is BERTopic's `approximate_distribution` (its cluster, one-hot, where that
-finds no vocabulary word). Metrics are `st eval`'s own (`st.evaluate.measure`), on the same
+finds no vocabulary word). Metrics are `st eval`'s own (`st.metrics.measure`), on the same
 reference texts. Prints one JSON object, like `st eval`.
 
 Usage: python bench/bertopic_baseline.py --store S.zarr -k 20 --seed 0 [--embeddings E.npy]
@@ -25,7 +25,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 import orjson  # noqa: E402
 
-from st import evaluate, records, vocab  # noqa: E402
+from st import metrics as evaluate, records, vocab  # noqa: E402
 from st.store import Store  # noqa: E402
 
 METRICS = ["npmi", "cv", "td", "purity", "nmi", "p@10"]

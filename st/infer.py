@@ -3,16 +3,16 @@ made its training inputs."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import IO, TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from st import console, records, vocab
+from st import progress, records, vocab
 from st.cache import LMCache
 from st.errors import InputError
 from st.prompt import Prompt
-from st.train import TopicModel
+from st.train import Fitted
 
 if TYPE_CHECKING:
     from st.lm import LM
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 CHUNK = 1024
 
 
-def check_lm(model: TopicModel, lm: LM, what: str) -> None:
+def check_lm(model: Fitted, lm: LM, what: str) -> None:
     """Refuse inputs from another LM: the encoder only understands the hidden states it was trained on."""
     want = model.config.get("input_source") or model.config
     expected = want.get("lm") or {}
@@ -31,7 +31,7 @@ def check_lm(model: TopicModel, lm: LM, what: str) -> None:
         )
 
 
-def check_store(model: TopicModel, attrs: dict[str, Any], name: str) -> None:
+def check_store(model: Fitted, attrs: dict[str, Any], name: str) -> None:
     want = model.config.get("input_source") or model.config
     source = attrs.get("hidden_source") or attrs
     for key in ("lm", "prompt", "max_tokens"):
@@ -47,18 +47,17 @@ def check_store(model: TopicModel, attrs: dict[str, Any], name: str) -> None:
 
 
 def infer(
-    path: str,
-    model: TopicModel,
+    documents: Iterable[records.Document],
+    model: Fitted,
     load_lm: Callable[[], LM],
     cache: LMCache,
-    out: IO[bytes],
-    text_field: str = "text",
-    lines: bool = False,
     batch_tokens: int | None = None,
-    batch_size: int | None = None,
-) -> int:
-    """Print each document's record plus `theta` and `topic`; returns the number of documents."""
-    name = records.source_name(path)
+    lm_batch_size: int | None = None,
+    name: str = "the input",
+) -> Iterator[tuple[list[records.Document], np.ndarray]]:
+    """θ of documents, a chunk at a time, through the LM, prompt and cache that made the model's
+    training inputs (the LM is loaded at the first chunk that needs it). Empty documents are left
+    out; records that point into a store made with another LM or prompt are refused."""
     source = model.config.get("input_source") or model.config
     prompt = Prompt(**source["prompt"]) if source.get("prompt") else Prompt()
     max_tokens = int(source.get("max_tokens") or 512)
@@ -67,31 +66,21 @@ def infer(
     n = 0
     chunk: list[records.Document] = []
 
-    def flush() -> None:
-        nonlocal lm, n
-        texts = [d.text for d in chunk]
+    def theta_of(texts: list[str]) -> np.ndarray:
+        nonlocal lm
         if uses_lm:
             if lm is None:
                 lm = load_lm()
                 check_lm(model, lm, "the LM")
-            x, _ = lm.encode(texts, prompt, max_tokens, cache, batch_tokens=batch_tokens, batch_size=batch_size)
+            x, _ = lm.encode(texts, prompt, max_tokens, cache, batch_tokens=batch_tokens, batch_size=lm_batch_size)
         else:
             x = vocab.bag_of_words(texts, model.vocab).toarray()
-        theta = model.theta(np.asarray(x, dtype=np.float32))
-        lines_out = []
-        for d, t in zip(chunk, theta, strict=True):
-            lines_out.append(
-                records.dumps({**d.record, "theta": [round(float(v), 6) for v in t], "topic": int(t.argmax())}) + b"\n"
-            )
-        out.write(b"".join(lines_out))
-        out.flush()
-        n += len(chunk)
-        chunk.clear()
+        return model.theta(np.asarray(x, dtype=np.float32))
 
     # Each store a record points into is read once per call: a store re-created between two calls is seen anew.
     seen: dict[str, dict[str, Any] | None] = {}
-    with console.progress("st infer") as bar:
-        for doc in records.read_documents(path, text_field, lines):
+    with progress.task("st infer") as bar:
+        for doc in documents:
             if not doc.text:
                 continue
             if isinstance(doc.record.get("_st"), dict):
@@ -101,14 +90,16 @@ def infer(
                     check_store(model, store_attrs, f"{name}:{doc.line}")
             chunk.append(doc)
             if len(chunk) == CHUNK:
-                flush()
-                bar.advance(CHUNK)
+                yield list(chunk), theta_of([d.text for d in chunk])
+                bar.advance(len(chunk))
+                n += len(chunk)
+                chunk.clear()
         if chunk:
+            yield list(chunk), theta_of([d.text for d in chunk])
             bar.advance(len(chunk))
-            flush()
+            n += len(chunk)
     if n == 0:
         raise InputError("no documents (the input is empty or has only empty texts)", name)
-    return n
 
 
 def _store_attrs(path: object, seen: dict[str, dict[str, Any] | None]) -> dict[str, Any] | None:

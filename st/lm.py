@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from st import console
+from st import progress
 from st.cache import LMCache, default_cache_dir
 from st.errors import InputError, StError
 from st.prompt import Prompt
@@ -133,7 +133,7 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _quiet_transformers()
-    console.info(f"converting {gguf.name} to safetensors once (about 30 s); kept in {target.parent}")
+    progress.info(f"converting {gguf.name} to safetensors once (about 30 s); kept in {target.parent}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -228,17 +228,26 @@ def cpu_has_fast_bf16() -> bool:
         return False
 
 
+def dtype_name(dtype: str, device_type: str) -> str:
+    """What `auto` means on a device: bfloat16 on CUDA and on CPUs with fast bfloat16, float16 on
+    Apple GPUs, else float32. The one place the rule is written (the Ray backend decides it once for
+    all its workers with it)."""
+    if dtype != "auto":
+        if dtype not in DTYPES:
+            raise InputError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
+        return dtype
+    if device_type == "cuda":
+        return "bfloat16"
+    if device_type == "mps":
+        return "float16"
+    return "bfloat16" if cpu_has_fast_bf16() else "float32"
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
 def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16
-        if device.type == "mps":
-            return torch.float16
-        return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
-    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if dtype not in table:
-        raise InputError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
-    return table[dtype]
+    return DTYPES[dtype_name(dtype, device.type)]
 
 
 @dataclass

@@ -15,6 +15,7 @@ and are not computed again. A run that stops altogether resumes the same way whe
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import warnings
 from collections import deque
@@ -26,18 +27,10 @@ from typing import Any
 import numpy as np
 import orjson
 
-from st import console
+from st import progress
+from st.encode import Vocabulary, encode_chunk
 from st.errors import StError
-from st.prompt import Prompt
-from st.softlabel import Options, Vocabulary, encode_chunk
-
-
-@dataclass
-class RayOptions:
-    address: str | None = None  # None: a Ray instance on this machine
-    workers: int | None = None  # None: one per GPU group, or one on CPU
-    gpus_per_worker: float = 0.0
-    cpus_per_worker: float | None = None
+from st.options import EncodeOptions, RayOptions
 
 
 @dataclass
@@ -62,16 +55,16 @@ class ChunkEncoder:
         models = Path(spec.models_dir)
         self.lm = LM(spec.model, spec.device, spec.dtype, cache_dir=models, trust_remote_code=spec.trust_remote_code)
         self.cache = open_cache(spec.cache)
-        opts = dict(opts)  # a restarted actor gets the same arguments again
-        prompt = Prompt(**opts.pop("prompt"))
-        self.opts = Options(prompt=prompt, **opts)
+        self.opts = EncodeOptions(**opts)
         self.vocabulary = None
         if vocabulary is not None:
             from st.lm import WholeWords
 
             ids = np.asarray(vocabulary["token_ids"], dtype=np.int64)
             whole = (
-                WholeWords.from_tokens(vocabulary["tokens"], self.opts.whole_words) if self.opts.whole_words else None
+                WholeWords.from_tokens(vocabulary["tokens"], vocabulary["whole_words"])
+                if vocabulary["whole_words"]
+                else None
             )
             self.vocabulary = Vocabulary(
                 vocabulary["words"], ids, vocabulary["fingerprint"], vocabulary["tokens"], whole
@@ -107,7 +100,7 @@ def _cause(error: BaseException) -> BaseException:
         seen = inner
 
 
-class RayEncoder:
+class RayBackend:
     def __init__(self, spec: LMSpec, options: RayOptions) -> None:
         self.spec, self.options = spec, options
         self.identity: dict[str, str] = {}
@@ -118,13 +111,9 @@ class RayEncoder:
     def _resolved_dtype(self) -> str:
         """Every worker must compute in the same dtype (it is part of the cache key and the store's
         identity), so `auto` is decided once, here."""
-        if self.spec.dtype != "auto":
-            return self.spec.dtype
-        if self.options.gpus_per_worker > 0:
-            return "bfloat16"
-        from st.lm import cpu_has_fast_bf16
+        from st.lm import dtype_name
 
-        return "bfloat16" if cpu_has_fast_bf16() else "float32"
+        return dtype_name(self.spec.dtype, "cuda" if self.options.gpus_per_worker > 0 else "cpu")
 
     def start(self) -> Any:
         from transformers import AutoConfig
@@ -149,17 +138,17 @@ class RayEncoder:
         self.hidden_size = int(text_config.hidden_size)
         if not ray.is_initialized():
             # Worker output is not forwarded: stdout carries records only.
-            with console.status("starting Ray"):
+            with progress.status("starting Ray"):
                 try:
                     ray.init(
-                        address=self.options.address,
+                        address=self.options.ray_address,
                         include_dashboard=False,
                         log_to_driver=False,
                         logging_level=logging.ERROR,
                         configure_logging=True,
                     )
                 except (ConnectionError, RuntimeError, ValueError) as e:
-                    where = self.options.address or "a local Ray instance"
+                    where = self.options.ray_address or "a local Ray instance"
                     raise StError(f"cannot start or reach {where}: {str(e).splitlines()[0]}") from None
             self.started_ray = True
         return tokenizer
@@ -179,7 +168,11 @@ class RayEncoder:
         return 1
 
     def encode(
-        self, chunks: Iterator[list[str]], vocabulary: Vocabulary | None, opts: Options, advance: Callable[[int], None]
+        self,
+        chunks: Iterator[list[str]],
+        vocabulary: Vocabulary | None,
+        opts: EncodeOptions,
+        advance: Callable[[int], None],
     ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         ray = _ray()
         workers = self._workers(ray)
@@ -188,16 +181,7 @@ class RayEncoder:
             cpus = 1.0
         elif cpus is None:
             cpus = max(1.0, ray.cluster_resources().get("CPU", 1) // workers)
-        worker_opts = {
-            "text_field": opts.text_field,
-            "max_tokens": opts.max_tokens,
-            "temperature": opts.temperature,
-            "batch_tokens": opts.batch_tokens,
-            "batch_size": opts.batch_size,
-            "chunk_rows": opts.chunk_rows,
-            "whole_words": opts.whole_words,
-            "prompt": {"template": opts.prompt.template, "instruction": opts.prompt.instruction},
-        }
+        worker_opts = dataclasses.asdict(opts)
         vocab_spec = None
         if vocabulary is not None:
             vocab_spec = {
@@ -205,9 +189,10 @@ class RayEncoder:
                 "token_ids": vocabulary.token_ids.tolist(),
                 "fingerprint": vocabulary.fingerprint,
                 "tokens": vocabulary.tokens,
+                "whole_words": vocabulary.whole_words.top if vocabulary.whole_words else 0,
             }
         gpus = f", {self.options.gpus_per_worker:g} GPUs" if self.options.gpus_per_worker else ""
-        console.info(f"Ray: chunks over {workers} workers ({cpus:g} CPUs{gpus} each)")
+        progress.info(f"Ray: chunks over {workers} workers ({cpus:g} CPUs{gpus} each)")
         # A dead actor is restarted with the same arguments and its pending calls are retried.
         actor = ray.remote(max_restarts=-1, max_task_retries=-1)(ChunkEncoder).options(
             num_cpus=cpus,

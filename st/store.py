@@ -1,4 +1,5 @@
-"""The store: a Zarr v3 folder that holds a corpus's arrays, one row per document.
+"""A corpus's arrays, one row per document: on disk, the store (a Zarr v3 folder); in memory, a
+`MemoryCorpus` with the same reading interface (`Corpus`), for Python callers who want no files.
 
 Root attributes say what made it (format and version, the LM, the prompt, the vocabulary's
 fingerprint, τ) and how far it got: `rows` counts the rows written so far, `complete` turns true
@@ -20,10 +21,10 @@ import zarr
 from scipy import sparse
 
 from st.errors import InputError
+from st.options import CHUNK_ROWS
 
 FORMAT = "st-store"
 VERSION = 1
-CHUNK_ROWS = 1024
 
 warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification.*")
 warnings.filterwarnings("ignore", category=UserWarning, module="zarr.*")
@@ -39,6 +40,145 @@ def _read_attrs(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError, AttributeError):
         return None
     return attrs if isinstance(attrs, dict) and attrs.get("format") == FORMAT else None
+
+
+class Corpus:
+    """What training, inference and evaluation read: the arrays of `st softlabel` / `st embed`
+    (`ids`, `records`, `hidden`, `logits`, `vocab`, the bag of words), the attributes that say what
+    made them, and each model's θ. `path` is None for a corpus in memory."""
+
+    path: Path | None
+    attrs: dict[str, Any]
+    rows: int
+
+    def __contains__(self, name: str) -> bool:
+        raise NotImplementedError
+
+    def array(self, name: str) -> np.ndarray:
+        raise NotImplementedError
+
+    def bow(self) -> sparse.csr_matrix:
+        raise NotImplementedError
+
+    def write_theta(self, model_id: str, theta: np.ndarray, attrs: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    @property
+    def name(self) -> str:
+        """How messages name it."""
+        return str(self.path) if self.path is not None else "the corpus"
+
+    def vocab(self) -> list[str]:
+        return [str(w) for w in self.array("vocab")]
+
+    def ids(self) -> list[str]:
+        return [str(i) for i in self.array("ids")]
+
+    def records(self) -> list[dict[str, Any]]:
+        from st.records import parse_object
+
+        return [parse_object(str(r), self.name, i) for i, r in enumerate(self.array("records"))]
+
+    def texts(self) -> list[str]:
+        field = self.attrs.get("text_field", "text")
+        return [str(r.get(field, "")) for r in self.records()]
+
+    def theta(self, model_id: str) -> np.ndarray | None:
+        key = f"theta/{model_id}"
+        return self.array(key) if key in self else None
+
+    @property
+    def temperature(self) -> float | None:
+        """τ the soft labels were made with."""
+        tau = self.attrs.get("temperature")
+        return None if tau is None else float(tau)
+
+    def soft_label(self, temperature: float | None = None) -> np.ndarray:
+        """softmax(logits / τ) of every document (τ: the corpus's own unless given)."""
+        from st.train import soft_label
+
+        tau = temperature if temperature is not None else self.temperature
+        if tau is None:
+            raise InputError("the corpus has no soft labels (no 'logits'); make it with `st softlabel`", self.name)
+        return soft_label(self.array("logits"), tau)
+
+    def __len__(self) -> int:
+        return self.rows
+
+
+class MemoryCorpus(Corpus):
+    """A corpus held in memory: what `st.softlabel(texts)` returns when no store is asked for."""
+
+    def __init__(self, attrs: dict[str, Any], arrays: dict[str, np.ndarray], bow: sparse.csr_matrix | None) -> None:
+        self.path = None
+        self.attrs = attrs
+        self.arrays = arrays
+        self._bow = bow
+        self.rows = len(arrays["ids"])
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.arrays or (name.startswith("bow") and self._bow is not None)
+
+    def array(self, name: str) -> np.ndarray:
+        if name not in self.arrays:
+            raise InputError(f"the corpus has no {name!r} array")
+        return self.arrays[name]
+
+    def bow(self) -> sparse.csr_matrix:
+        if self._bow is None:
+            raise InputError("the corpus has no bag of words; make it with `st softlabel`")
+        return self._bow
+
+    def write_theta(self, model_id: str, theta: np.ndarray, attrs: dict[str, Any]) -> None:
+        self.arrays[f"theta/{model_id}"] = theta.astype(np.float32)
+
+    def __repr__(self) -> str:
+        kind = self.attrs.get("kind", "corpus")
+        return f"<st.MemoryCorpus {kind}: {self.rows} documents>"
+
+
+class MemoryWriter:
+    """The in-memory counterpart of `StoreWriter`."""
+
+    def __init__(self, attrs: dict[str, Any], hidden_size: int, vocab: Sequence[str] | None = None) -> None:
+        self.attrs = {"format": FORMAT, "version": VERSION, **attrs}
+        self.vocab = None if vocab is None else np.asarray(list(vocab), dtype=object)
+        self.parts: dict[str, list[Any]] = {"ids": [], "records": [], "hidden": [], "logits": [], "bow": []}
+        self.hidden_size = hidden_size
+        self.rows = 0
+        self.corpus: MemoryCorpus | None = None
+
+    def append(
+        self,
+        ids: Sequence[str],
+        records: Sequence[str],
+        hidden: np.ndarray,
+        logits: np.ndarray | None = None,
+        bow: sparse.csr_matrix | None = None,
+    ) -> int:
+        for name, value in (("ids", list(ids)), ("records", list(records)), ("hidden", hidden)):
+            self.parts[name].append(value)
+        if self.vocab is not None:
+            self.parts["logits"].append(logits)
+            self.parts["bow"].append(bow)
+        first = self.rows
+        self.rows += len(ids)
+        return first
+
+    def finish(self) -> None:
+        p = self.parts
+        arrays = {
+            "ids": np.asarray([i for part in p["ids"] for i in part], dtype=object),
+            "records": np.asarray([r for part in p["records"] for r in part], dtype=object),
+            "hidden": np.concatenate(p["hidden"]) if p["hidden"] else np.zeros((0, self.hidden_size), np.float32),
+        }
+        bow = None
+        if self.vocab is not None:
+            arrays["vocab"] = self.vocab
+            empty = np.zeros((0, len(self.vocab)), np.float32)
+            arrays["logits"] = np.concatenate(p["logits"]) if p["logits"] else empty
+            bow = sparse.vstack(p["bow"], format="csr") if p["bow"] else sparse.csr_matrix((0, len(self.vocab)))
+        self.corpus = MemoryCorpus({**self.attrs, "rows": self.rows, "complete": True}, arrays, bow)
 
 
 class StoreWriter:
@@ -115,8 +255,10 @@ class StoreWriter:
         self.group.attrs["complete"] = True
 
 
-class Store:
+class Store(Corpus):
     """A store opened for reading; refuses what it cannot trust."""
+
+    path: Path
 
     def __init__(self, path: str | Path, require_complete: bool = True) -> None:
         self.path = Path(path).absolute()
@@ -182,18 +324,30 @@ class Store:
                 raise InputError(f"row {int(np.argmax(bad))} of {name!r} holds NaN or Inf; {remedy}", str(self.path))
         return values
 
-    def vocab(self) -> list[str]:
-        return [str(w) for w in self.array("vocab")]
-
-    def ids(self) -> list[str]:
-        return [str(i) for i in self.array("ids")]
-
     def bow(self) -> sparse.csr_matrix:
         indptr = np.asarray(self.group["bow/indptr"][: self.rows + 1])
         nnz = int(indptr[-1])
         indices = np.asarray(self.group["bow/indices"][:nnz])
         data = np.asarray(self.group["bow/data"][:nnz])
         return sparse.csr_matrix((data, indices, indptr), shape=(self.rows, len(self.vocab())))
+
+    def write_theta(self, model_id: str, theta: np.ndarray, attrs: dict[str, Any]) -> None:
+        """θ of every row under `theta/<model id>`, beside other models' θ."""
+        group = zarr.open_group(str(self.path), mode="r+", zarr_format=3)
+        k = theta.shape[1]
+        arr = group.create_array(
+            f"theta/{model_id}", shape=theta.shape, dtype="float32", chunks=(CHUNK_ROWS, k), overwrite=True
+        )
+        arr[:] = theta
+        arr.attrs.update(attrs)
+        # log θ too: a search query is then one matrix-vector product over it.
+        log = group.create_array(
+            f"log_theta/{model_id}", shape=theta.shape, dtype="float32", chunks=(CHUNK_ROWS, k), overwrite=True
+        )
+        log[:] = np.log(np.clip(theta, 1e-12, None)).astype(np.float32)
+
+    def __repr__(self) -> str:
+        return f"<st.Store {self.path}: {self.rows} documents>"
 
 
 class HiddenWriter:
@@ -270,19 +424,3 @@ def embed_target(path: str | Path) -> Store | None:
     if attrs is None or attrs.get("kind") != "softlabel" or not attrs.get("complete"):
         return None
     return Store(path)
-
-
-def write_theta(store: Store, model_id: str, theta: np.ndarray, attrs: dict[str, Any]) -> None:
-    """θ of every row of the store under `theta/<model id>`, beside other models' θ."""
-    group = zarr.open_group(str(store.path), mode="r+", zarr_format=3)
-    k = theta.shape[1]
-    arr = group.create_array(
-        f"theta/{model_id}", shape=theta.shape, dtype="float32", chunks=(CHUNK_ROWS, k), overwrite=True
-    )
-    arr[:] = theta
-    arr.attrs.update(attrs)
-    # log θ too: a search query is then one matrix-vector product over it.
-    log = group.create_array(
-        f"log_theta/{model_id}", shape=theta.shape, dtype="float32", chunks=(CHUNK_ROWS, k), overwrite=True
-    )
-    log[:] = np.log(np.clip(theta, 1e-12, None)).astype(np.float32)

@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,49 +21,20 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from st import console
+from st import progress
 from st.errors import InputError
 from st.models import VAE, FASTopic, GensimLDA, TopicConfig, build
-from st.store import Store
+from st.options import TEMPERATURE, TrainOptions
+from st.store import Corpus, Store
 
 MODEL_FORMAT = "st-model"
 MODEL_VERSION = 1
 
 
 @dataclass
-class TrainOptions:
-    k: int = 50
-    backbone: str = "prodlda"  # prodlda | etm | ecrtm | fastopic | lda
-    passes: int = 10  # lda
-    iterations: int = 100  # lda
-    target: str = "softlabel"  # softlabel | bow
-    input: str = "hidden"  # hidden | bow
-    temperature: float | None = None  # τ of the target; None: the store's
-    decoder_temperature: float | None = None  # None: the target's τ
-    decoder_norm: float | None = None  # power of the decoder's batch norm; None: see `resolved`
-    decoder_affine: bool | None = None  # a learned gain and shift per word after it; None: see `resolved`
-    topk: int | None = None
-    sparsity: float | None = None
-    bow_weight: float = 0.3  # the target's share of the document's own normalised bag of words
-    calibrate: bool | None = None  # subtract each word's mean logit over the training documents; None: see `resolved`
-    lam: float | None = None  # None: 1000 for the VAE backbones, FASTOPIC_LAMBDA for fastopic
-    loss: str = "kl"
-    lr: float = 2e-3
-    betas: tuple[float, float] = (0.99, 0.99)
-    batch_size: int | None = None  # documents per step; None: see `resolved`
-    epochs: int = 100
-    samples: int = 10
-    seed: int = 0
-    hidden: list[int] = field(default_factory=lambda: [200, 200])
-    dropout: float = 0.2
-    theta_dropout: float | None = None  # dropout on θ while training; None: see `resolved`
-    embedding_size: int = 200  # etm, ecrtm
-    topic_words: str = "salient"  # salient | beta: how a topic's words are ranked
-    checkpoint_every: int = 10  # epochs; 0: never. Not part of the model's identity.
+class Fitted:
+    """A trained topic model as training and loading make it; `st.TopicModel` is its public face."""
 
-
-@dataclass
-class TopicModel:
     model: VAE | FASTopic | GensimLDA
     config: dict[str, Any]
     vocab: list[str]
@@ -137,7 +108,7 @@ def salience(theta: np.ndarray, bow: Any, beta: np.ndarray) -> np.ndarray:
     return score.astype(np.float32)
 
 
-def with_salience(model: TopicModel, store: Store, rows: np.ndarray) -> TopicModel:
+def with_salience(model: Fitted, store: Corpus, rows: np.ndarray) -> Fitted:
     """The model with its words' salience over the training documents (`salience`)."""
     if model.config["training"].get("topic_words") != "salient":
         return model
@@ -164,13 +135,13 @@ def soft_label(
     return (p / p.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def model_inputs(store: Store, kind: str) -> np.ndarray:
+def model_inputs(store: Corpus, kind: str) -> np.ndarray:
     if kind == "hidden":
         return store.array("hidden").astype(np.float32)
     return store.bow().toarray().astype(np.float32)
 
 
-def normalized_bow(store: Store) -> np.ndarray:
+def normalized_bow(store: Corpus) -> np.ndarray:
     bow = store.bow().toarray().astype(np.float64)
     total = bow.sum(axis=1, keepdims=True)
     return bow / np.where(total == 0, 1, total)
@@ -184,15 +155,15 @@ def calibrated(logits: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray
     return logits - logits[rows if rows is not None else slice(None)].mean(axis=0, keepdims=True)
 
 
-def targets(store: Store, opts: TrainOptions, rows: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+def targets(store: Corpus, opts: TrainOptions, rows: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """The reconstruction target of every store row; `rows` are the training documents, over which
     `opts.calibrate` averages."""
     opts = resolved(opts)
     if opts.target == "bow":
         return normalized_bow(store).astype(np.float32), 1.0
     if "logits" not in store:
-        raise InputError("the store has no soft labels (no 'logits'); make it with `st softlabel`", str(store.path))
-    tau = opts.temperature if opts.temperature is not None else float(store.attrs.get("temperature", 3.0))
+        raise InputError("the store has no soft labels (no 'logits'); make it with `st softlabel`", store.name)
+    tau = opts.temperature if opts.temperature is not None else float(store.attrs.get("temperature", TEMPERATURE))
     if opts.topk is not None and opts.topk > store.array("vocab").shape[0]:
         raise InputError(f"--topk {opts.topk} is larger than the vocabulary ({len(store.vocab())} words)")
     logits = store.array("logits")
@@ -211,7 +182,7 @@ def targets(store: Store, opts: TrainOptions, rows: np.ndarray | None = None) ->
 # --- training -----------------------------------------------------------------------------------
 
 
-def model_id(opts: TrainOptions, store: Store, rows: np.ndarray) -> str:
+def model_id(opts: TrainOptions, store: Corpus, rows: np.ndarray) -> str:
     name = {("softlabel", "hidden"): "dsl", ("bow", "bow"): "prodlda", ("bow", "hidden"): "ctm"}.get(
         (opts.target, opts.input), f"{opts.target}-{opts.input}"
     )
@@ -273,17 +244,15 @@ def resolved(opts: TrainOptions, documents: int | None = None) -> TrainOptions:
     return TrainOptions(**{**asdict(opts), "lam": lam, **filled})
 
 
-def train(store: Store, rows: np.ndarray, opts: TrainOptions) -> tuple[TopicModel, list[float]]:
+def train(store: Corpus, rows: np.ndarray, opts: TrainOptions) -> tuple[Fitted, list[float]]:
     """Fit on the given store rows. Reproducible for a seed on one machine (CPU). With
     `opts.checkpoint_every`, the state is checkpointed inside the store and a re-run of the same
     training resumes from it, to the same result bit for bit."""
-    if opts.k < 2:
-        raise InputError("K must be at least 2 (-k)")
     opts = resolved(opts, len(rows))
     if opts.backbone == "lda":
         return train_lda(store, rows, opts), []
     if len(rows) < 2:
-        raise InputError("at least 2 documents are needed to train", str(store.path))
+        raise InputError("at least 2 documents are needed to train", store.name)
     x_all = model_inputs(store, opts.input)
     y_all, tau = targets(store, opts, rows)
     x, y = torch.from_numpy(x_all[rows]), torch.from_numpy(y_all[rows])
@@ -314,7 +283,7 @@ def train(store: Store, rows: np.ndarray, opts: TrainOptions) -> tuple[TopicMode
     # FASTopic's transport plans are between all documents and all topics: one batch per epoch.
     batch_size = len(x) if opts.backbone == "fastopic" else opts.batch_size
     identity = model_id(opts, store, rows)
-    checkpoint = checkpoint_path(store, identity) if opts.checkpoint_every else None
+    checkpoint = checkpoint_path(store, identity) if opts.checkpoint_every and store.path is not None else None
     losses: list[float] = []
     if checkpoint is not None and checkpoint.is_file():
         restored = restore_checkpoint(checkpoint, model, optimizer, shuffle)
@@ -322,9 +291,9 @@ def train(store: Store, rows: np.ndarray, opts: TrainOptions) -> tuple[TopicMode
             model, optimizer, shuffle = fresh()
         else:
             losses = restored
-            console.info(f"st train: resuming {identity} after epoch {len(losses)} of {opts.epochs}")
+            progress.info(f"st train: resuming {identity} after epoch {len(losses)} of {opts.epochs}")
     model.train()
-    with console.progress("st train", total=opts.epochs, unit="epochs") as bar:
+    with progress.task("st train", total=opts.epochs, unit="epochs") as bar:
         bar.advance(len(losses))
         for epoch in range(len(losses), opts.epochs):
             order = torch.randperm(len(x), generator=shuffle)
@@ -362,13 +331,14 @@ def train(store: Store, rows: np.ndarray, opts: TrainOptions) -> tuple[TopicMode
         "max_tokens": store.attrs.get("max_tokens"),
         "input_source": store.attrs.get("hidden_source") if opts.input == "hidden" else None,
     }
-    return with_salience(TopicModel(model, full, store.vocab()), store, rows), losses
+    return with_salience(Fitted(model, full, store.vocab()), store, rows), losses
 
 
 # --- checkpoints (safetensors and JSON, like model folders: nothing is unpickled) ----------------
 
 
-def checkpoint_path(store: Store, identity: str) -> Path:
+def checkpoint_path(store: Corpus, identity: str) -> Path:
+    assert store.path is not None
     return store.path / "checkpoints" / f"{identity}.safetensors"
 
 
@@ -411,24 +381,45 @@ def restore_checkpoint(
         shuffle.set_state(tensors["rng.shuffle"])
         return [float(v) for v in meta["losses"]]
     except Exception as e:  # any damage means the same: start over
-        console.warn(f"ignoring a damaged training checkpoint ({type(e).__name__}), starting over: {path}")
+        progress.warn(f"ignoring a damaged training checkpoint ({type(e).__name__}), starting over: {path}")
         path.unlink(missing_ok=True)
         return None
 
 
-def drop_checkpoint(store: Store, identity: str) -> None:
-    checkpoint_path(store, identity).unlink(missing_ok=True)
+def drop_checkpoint(store: Corpus, identity: str) -> None:
+    if store.path is not None:
+        checkpoint_path(store, identity).unlink(missing_ok=True)
 
 
-def train_lda(store: Store, rows: np.ndarray, opts: TrainOptions) -> TopicModel:
+def fit(
+    corpus: Corpus, rows: np.ndarray | None, opts: TrainOptions, output: str | Path | None = None, top_words: int = 15
+) -> tuple[Fitted, np.ndarray]:
+    """Train on `rows` of the corpus (None: all), write θ of every document into it, save the
+    model (in `output`, or inside a store), and drop the training checkpoint: the whole of
+    `st train`, for Python callers too. Returns the model and θ."""
+    rows = np.arange(corpus.rows) if rows is None else np.asarray(rows)
+    model, _ = train(corpus, rows, opts)
+    theta = model.theta(model_inputs(corpus, model.config["training"]["input"]))
+    corpus.write_theta(model.id, theta, {"model": model.id, "k": opts.k})
+    if output is not None:
+        save(model, Path(output), top_words)
+        progress.info(f"model saved in {Path(output).absolute()}")
+    elif corpus.path is not None:
+        save(model, corpus.path / "models" / model.id, top_words)
+        progress.info(f"model saved as {corpus.path}#{model.id}")
+    drop_checkpoint(corpus, model.id)
+    return model, theta
+
+
+def train_lda(store: Corpus, rows: np.ndarray, opts: TrainOptions) -> Fitted:
     """gensim's LdaModel on the store's bag of words and vocabulary."""
     if len(rows) < 2:
-        raise InputError("at least 2 documents are needed to train", str(store.path))
+        raise InputError("at least 2 documents are needed to train", store.name)
     bow = store.bow()[rows]
     if bow.nnz == 0:
-        raise InputError("no document holds a vocabulary word; LDA has nothing to learn from", str(store.path))
+        raise InputError("no document holds a vocabulary word; LDA has nothing to learn from", store.name)
     opts = TrainOptions(**{**asdict(opts), "target": "bow", "input": "bow"})
-    with console.status("st train: gensim LDA"):
+    with progress.status("st train: gensim LDA"):
         lda = GensimLDA.fit(bow, opts.k, opts.passes, opts.iterations, opts.seed)
     config = {
         "format": MODEL_FORMAT,
@@ -443,13 +434,13 @@ def train_lda(store: Store, rows: np.ndarray, opts: TrainOptions) -> TopicModel:
         "max_tokens": store.attrs.get("max_tokens"),
         "input_source": None,
     }
-    return with_salience(TopicModel(lda, config, store.vocab()), store, rows)
+    return with_salience(Fitted(lda, config, store.vocab()), store, rows)
 
 
 # --- saving and loading -------------------------------------------------------------------------
 
 
-def save(model: TopicModel, folder: Path, top_words: int = 15) -> None:
+def save(model: Fitted, folder: Path, top_words: int = 15) -> None:
     """Written under a temporary name and renamed into place: a folder that exists is whole."""
     folder = folder.absolute()
     if folder.exists() and not (folder / "config.json").is_file() and any(folder.iterdir()):
@@ -468,7 +459,7 @@ def save(model: TopicModel, folder: Path, top_words: int = 15) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load(spec: str) -> tuple[TopicModel, Store | None]:
+def load(spec: str) -> tuple[Fitted, Store | None]:
     """A model folder, or `store.zarr#model-id` for a model saved inside a store."""
     store = None
     folder = Path(spec)
@@ -506,4 +497,4 @@ def load(spec: str) -> tuple[TopicModel, Store | None]:
     except Exception as e:  # safetensors, torch and OS errors all mean the same here
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f"missing or damaged model.safetensors ({first}); train it again", spec) from None
-    return TopicModel(model, config, vocab, None if salient is None else salient.numpy()), store
+    return Fitted(model, config, vocab, None if salient is None else salient.numpy()), store

@@ -106,7 +106,7 @@ def store(tiny_model, cache_dir, tmp_path) -> tuple[Path, str]:
             str(EXAMPLES),
             "-o",
             str(path),
-            "--model",
+            "--lm",
             str(tiny_model),
             "--cache-dir",
             str(cache_dir),

@@ -82,7 +82,7 @@ def test_softlabel_with_a_url_cache_resumes_from_it(tiny_model, models_cache, tm
     runs = []
     for name in ("a", "b"):
         args = ["softlabel", str(EXAMPLES), "-o", str(tmp_path / f"{name}.zarr"), "--cache-dir", url]
-        r = CliRunner().invoke(cli, [*args, "--model", str(tiny_model), "--dtype", "float32", "--vocab-size", "100"])
+        r = CliRunner().invoke(cli, [*args, "--lm", str(tiny_model), "--dtype", "float32", "--vocab-size", "100"])
         assert r.exit_code == 0, r.output
         runs.append(r.stderr)
     assert "(200 through the LM, 0 from the cache)" in runs[0]

@@ -28,7 +28,7 @@ def run_st(args: list[str], cache: Path, stdin: bytes | None = None, cwd: Path |
 
 
 def model_args(tiny_model: Path, cache_dir: Path) -> list[str]:
-    return ["--model", str(tiny_model), "--cache-dir", str(cache_dir), "--dtype", "float32"]
+    return ["--lm", str(tiny_model), "--cache-dir", str(cache_dir), "--dtype", "float32"]
 
 
 @pytest.mark.parametrize("command", ENCODERS)
@@ -133,7 +133,7 @@ def test_vocab_command(cache_dir, tmp_path):
     src = tmp_path / "d.jsonl"
     texts = ["The Apache server and the APACHE config", "Apache LINQ queries", "linq to SQL in C#", "a b cd 123"]
     src.write_bytes(b"".join(orjson.dumps({"text": t}) + b"\n" for t in texts))
-    result = CliRunner().invoke(cli, ["vocab", str(src), "--size", "3", "--cache-dir", str(cache_dir), "-q"])
+    result = CliRunner().invoke(cli, ["vocab", str(src), "--vocab-size", "3", "--cache-dir", str(cache_dir), "-q"])
     assert result.exit_code == 0, result.output
     assert orjson.loads(result.stdout_bytes) == ["apache", "linq", "config"]
     result = CliRunner().invoke(cli, ["vocab", str(src), "--min-df", "2", "--cache-dir", str(cache_dir), "-q"])
@@ -162,7 +162,7 @@ def test_bad_input_one_line_exit_2_no_traceback(command, case, tiny_model, cache
     data, expected = BAD_INPUTS[case]
     args = [command, "--cache-dir", str(cache_dir), "-", "-q"]
     if command != "vocab":
-        args += ["--model", str(tiny_model), "-o", str(tmp_path / "bad.zarr"), "--dtype", "float32"]
+        args += ["--lm", str(tiny_model), "-o", str(tmp_path / "bad.zarr"), "--dtype", "float32"]
     result = run_st(args, cache_dir, stdin=data)
     err = result.stderr.decode()
     assert result.returncode == 2, err

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics.cluster import contingency_matrix
 
-from st import evaluate as ev
+from st import metrics as ev
 from st.errors import InputError
 
 
@@ -176,7 +176,7 @@ def test_eval_without_labels_or_theta(tiny_model, cache_dir, tmp_path):
     src.write_bytes(b"".join(orjson.dumps({"text": " ".join(words[i % 10 : i % 10 + 3])}) + b"\n" for i in range(30)))
     runner = CliRunner()
     store = tmp_path / "s.zarr"
-    args = ["--model", str(tiny_model), "--cache-dir", str(cache_dir), "-q"]
+    args = ["--lm", str(tiny_model), "--cache-dir", str(cache_dir), "-q"]
     assert runner.invoke(cli, ["softlabel", str(src), "-o", str(store), *args]).exit_code == 0
     assert (
         runner.invoke(

@@ -35,7 +35,7 @@ def args(src: Path, store: Path, cache: str, model: Path, *extra: str) -> list[s
         str(src),
         "-o",
         str(store),
-        "--model",
+        "--lm",
         str(model),
         "--cache-dir",
         cache,
@@ -163,12 +163,12 @@ def test_ray_on_a_laptop_starts_its_own_instance(tiny_model, cache_dir, local_st
 def test_ray_driver_holds_a_bounded_number_of_chunks(cluster, tiny_model, tmp_path):
     """The driver reads the input as the workers need it: when the first chunk's result comes
     back, only a few chunks per worker have been read, not the whole corpus."""
-    from st.ray_backend import LMSpec, RayEncoder, RayOptions
-    from st.softlabel import Options
+    from st.options import EncodeOptions, RayOptions
+    from st.ray_backend import LMSpec, RayBackend
 
     cache = tmp_path / "cache"
     spec = LMSpec(str(tiny_model), "cpu", "float32", str(cache), str(cache), False)
-    encoder = RayEncoder(spec, RayOptions(address="auto", workers=2))
+    encoder = RayBackend(spec, RayOptions(backend="ray", ray_address="auto", workers=2))
     encoder.start()
     read: list[int] = []
 
@@ -177,7 +177,7 @@ def test_ray_driver_holds_a_bounded_number_of_chunks(cluster, tiny_model, tmp_pa
             read.append(i)
             yield [f"document {i} about apache and hibernate, part {j}" for j in range(4)]
 
-    results = encoder.encode(chunks(), None, Options(chunk_rows=4), lambda n: None)
+    results = encoder.encode(chunks(), None, EncodeOptions(chunk_rows=4), lambda n: None)
     hidden, _ = next(results)
     assert hidden.shape == (4, 64)
     assert len(read) <= 2 * 2 + 1, len(read)

@@ -52,7 +52,7 @@ def test_reliability_bad_documents_exit_2_with_the_line(data, command, tiny_mode
     content, line = data
     args = [command, "-", "--cache-dir", str(cache_dir)]
     if command != "vocab":
-        args += ["--model", str(tiny_model), "-o", str(tmp_path / "never.zarr")]
+        args += ["--lm", str(tiny_model), "-o", str(tmp_path / "never.zarr")]
     result = CliRunner().invoke(cli, args, input=content)
     assert result.exit_code == 2, (result.output, result.exception)
     assert f"<stdin>:{line}:" in result.stderr
@@ -185,7 +185,7 @@ def test_reliability_a_100_mb_line_is_refused_at_once(command, trained, cache_di
         f.write(b'"}\n')
     args = {
         "vocab": ["vocab", str(huge)],
-        "softlabel": ["softlabel", str(huge), "--model", str(tiny_model), "-o", str(tmp_path / "never.zarr")],
+        "softlabel": ["softlabel", str(huge), "--lm", str(tiny_model), "-o", str(tmp_path / "never.zarr")],
         "train": ["train", "-k", "2", str(huge)],
         "infer": ["infer", "-m", str(model), str(huge)],
         "eval": ["eval", "--store", str(store), "-m", str(model), "--metrics", "npmi", "--reference", str(huge)],
@@ -224,7 +224,7 @@ def test_reliability_a_model_folder_with_code_is_not_run_without_trust_remote_co
             }
         )
     )
-    r = run_st(["softlabel", str(EXAMPLES), "--model", str(evil), "-o", str(tmp_path / "s.zarr"), "-q"], cache_dir)
+    r = run_st(["softlabel", str(EXAMPLES), "--lm", str(evil), "-o", str(tmp_path / "s.zarr"), "-q"], cache_dir)
     assert r.returncode != 0 and "Traceback" not in r.stderr.decode() and r.stdout == b""
     assert len(r.stderr.decode().strip().splitlines()) == 1, r.stderr
     assert not marker.exists()

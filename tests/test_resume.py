@@ -40,7 +40,7 @@ def softlabel(src: Path, store: Path, cache: Path, model: Path) -> tuple[int, st
         str(src),
         "-o",
         str(store),
-        "--model",
+        "--lm",
         str(model),
         "--cache-dir",
         str(cache),
@@ -102,7 +102,7 @@ def test_reliability_sigkill_then_rerun(tiny_model, tmp_path, models_cache):
         (tmp_path / c).mkdir()
         (tmp_path / c / "models").symlink_to(models_cache / "models")
         caches.append(tmp_path / c)
-    args = [st_exe(), "softlabel", str(src), "--model", str(tiny_model), "--dtype", "float32", "--batch-tokens", "128"]
+    args = [st_exe(), "softlabel", str(src), "--lm", str(tiny_model), "--dtype", "float32", "--batch-tokens", "128"]
     ref = subprocess.run(
         [*args, "-o", str(tmp_path / "ref.zarr"), "--cache-dir", str(caches[0])],
         capture_output=True,
@@ -133,7 +133,7 @@ def test_reliability_sigint_exits_130_without_traceback(tiny_model, tmp_path):
         st_exe(),
         "softlabel",
         str(src),
-        "--model",
+        "--lm",
         str(tiny_model),
         "-o",
         str(tmp_path / "i.zarr"),
@@ -170,7 +170,7 @@ def test_reliability_two_runs_share_a_cache_at_once(tiny_model, tmp_path, cache_
     a.write_bytes(b"".join(lines[:900]))
     b.write_bytes(b"".join(lines[300:]))
     common = [
-        "--model",
+        "--lm",
         str(tiny_model),
         "--dtype",
         "float32",
@@ -294,7 +294,7 @@ def kill_reference(tiny_model, models_cache, tmp_path_factory):
     src = corpus(tmp, n=1500)
     (tmp / "c").mkdir()
     (tmp / "c" / "models").symlink_to(models_cache / "models")
-    args = ["softlabel", str(src), "--model", str(tiny_model), "--dtype", "float32", "--batch-tokens", "256"]
+    args = ["softlabel", str(src), "--lm", str(tiny_model), "--dtype", "float32", "--batch-tokens", "256"]
     r = subprocess.run(
         [st_exe(), *args, "-o", str(tmp / "ref.zarr"), "--cache-dir", str(tmp / "c")],
         capture_output=True,
@@ -381,7 +381,7 @@ def test_reliability_embed_killed_while_swapping_in_hidden_states(store, tmp_pat
 
     path, _ = store
     logits = Store(path).array("logits")
-    embed = ["embed", str(EXAMPLES), "-o", str(path), "--model", str(tiny_model), "--dtype", "float32"]
+    embed = ["embed", str(EXAMPLES), "-o", str(path), "--lm", str(tiny_model), "--dtype", "float32"]
     embed += ["--cache-dir", str(cache_dir), "--max-tokens", "6", "-q"]
     killed = subprocess.run(
         [sys.executable, "-c", KILLER, "embed-swap", "1", *embed], capture_output=True, env=st_env(cache_dir)

@@ -6,7 +6,7 @@ import numpy as np
 import orjson
 from click.testing import CliRunner
 
-from st import search
+from st import ranking as search
 from st.cli import cli
 from st.store import Store
 from st.train import load

@@ -163,7 +163,7 @@ def test_infer_refuses_records_from_another_lm(store, tmp_path, cache_dir, embed
             str(EXAMPLES),
             "-o",
             str(other),
-            "--model",
+            "--lm",
             str(embedded_folder),
             "--cache-dir",
             str(cache_dir),
@@ -208,7 +208,7 @@ def test_bad_flags_and_inputs_get_clear_errors(store, tmp_path, tiny_model, cach
             str(EXAMPLES),
             "-o",
             str(embed_only),
-            "--model",
+            "--lm",
             str(tiny_model),
             "--cache-dir",
             str(cache_dir),
@@ -586,7 +586,7 @@ def test_retraining_after_embed_gets_a_new_model_id_and_keeps_the_earlier_theta(
     theta_before = np.asarray(Store(path).group[f"theta/{before.id}"][:])
     r = CliRunner().invoke(
         cli,
-        ["embed", str(EXAMPLES), "-o", str(path), "--model", str(tiny_model), "--cache-dir", str(cache_dir)]
+        ["embed", str(EXAMPLES), "-o", str(path), "--lm", str(tiny_model), "--cache-dir", str(cache_dir)]
         + ["--dtype", "float32", "--max-tokens", "6", "-q"],
     )
     assert r.exit_code == 0, r.output
@@ -606,7 +606,7 @@ def test_infer_reads_each_stores_attributes_afresh_in_every_call(store, tmp_path
     assert CliRunner().invoke(cli, infer, input=records_out).exit_code == 0
     r = CliRunner().invoke(
         cli,
-        ["softlabel", str(EXAMPLES), "-o", str(path), "--model", str(tiny_model), "--cache-dir", str(cache_dir)]
+        ["softlabel", str(EXAMPLES), "-o", str(path), "--lm", str(tiny_model), "--cache-dir", str(cache_dir)]
         + ["--dtype", "float32", "--vocab-size", "300", "--max-tokens", "8", "-q"],
     )
     assert r.exit_code == 0, r.output

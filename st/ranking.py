@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from st.evaluate import EPS
+from st.metrics import EPS
 
 
 def log_theta(theta: np.ndarray) -> np.ndarray:

@@ -1,8 +1,9 @@
-"""`st softlabel` and `st embed`: documents in, a store of LM outputs and records pointing into it out.
+"""`st softlabel` and `st embed`: documents in, a corpus of LM outputs out (a store on disk, or
+arrays in memory), and records pointing into the store.
 
 Documents stream through in chunks: a chunk is encoded (only documents new to the cache reach the
-LM), written to the store, and only then are its records printed. Memory grows with the chunk,
-not with the corpus.
+LM), written, and only then are its records handed on. Memory grows with the chunk, not with the
+corpus, when the output is a store.
 """
 
 from __future__ import annotations
@@ -11,35 +12,22 @@ import itertools
 import shutil
 import tempfile
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from st import console, records, vocab
+from st import progress, records, vocab
 from st.cache import LMCache
 from st.errors import InputError, StError
+from st.options import EncodeOptions, SoftLabelOptions, VocabOptions
 from st.prompt import Prompt
-from st.store import CHUNK_ROWS, HiddenWriter, StoreWriter, embed_target
+from st.store import Corpus, HiddenWriter, MemoryWriter, Store, StoreWriter, embed_target
 
 if TYPE_CHECKING:  # importing torch takes seconds; bad input should fail before that
     from st.lm import LM, WholeWords
-
-
-@dataclass
-class Options:
-    text_field: str = "text"
-    lines: bool = False
-    prompt: Prompt = field(default_factory=Prompt)
-    max_tokens: int = 512
-    temperature: float = 3.0
-    batch_tokens: int | None = None
-    batch_size: int | None = None
-    chunk_rows: int = CHUNK_ROWS
-    force: bool = False  # replace a store even if it holds trained models
-    whole_words: int = 0  # shared first sub-tokens per document scored by their second sub-token
 
 
 @dataclass
@@ -64,8 +52,7 @@ def spool_stdin(path: str) -> tuple[str, Callable[[], None]]:
     disk, not into memory."""
     if path != "-":
         return path, lambda: None
-    tmp = tempfile.NamedTemporaryFile(prefix="st-stdin-", suffix=".jsonl", delete=False)
-    with tmp:
+    with tempfile.NamedTemporaryFile(prefix="st-stdin-", suffix=".jsonl", delete=False) as tmp:
         shutil.copyfileobj(records.open_binary("-"), tmp, 1 << 20)
     return tmp.name, lambda: Path(tmp.name).unlink(missing_ok=True)
 
@@ -81,23 +68,44 @@ def count_lines(path: str) -> int | None:
     return n + (last != b"\n")
 
 
-def _documents(path: str, opts: Options, summary: Summary, name: str) -> Iterator[records.Document]:
-    for doc in records.read_documents(path, opts.text_field, opts.lines, name=name):
+def documents_of(texts: Iterable[str | dict[str, Any]], text_field: str = "text") -> Iterator[records.Document]:
+    """Documents from Python: strings (ids are their positions) or records with `id` and the text
+    field, checked as the command line checks its input."""
+    seen: set[str] = set()
+    for i, item in enumerate(texts):
+        if isinstance(item, str):
+            record: dict[str, Any] = {"id": str(i), text_field: item}
+        elif isinstance(item, dict):
+            record = dict(item)
+        else:
+            raise InputError(f"document {i} is a {type(item).__name__}, not a string or a dict")
+        text = record.get(text_field)
+        if not isinstance(text, str):
+            raise InputError(f"document {i}: field {text_field!r} must be a string, got {type(text).__name__}")
+        doc_id = str(record.get("id", i))
+        if doc_id in seen:
+            raise InputError(f"document {i}: duplicate id {doc_id!r}; ids must be unique")
+        seen.add(doc_id)
+        yield records.Document(i + 1, doc_id, text if text.strip() else "", record)
+
+
+def _nonempty(docs: Iterable[records.Document], summary: Summary) -> Iterator[records.Document]:
+    for doc in docs:
         if not doc.text:
             summary.skipped_empty.append(doc.line)
             continue
         yield doc
 
 
-def corpus_vocabulary(path: str, opts: Options, size: int, name: str) -> list[str]:
+def corpus_vocabulary(docs: Iterable[records.Document], opts: VocabOptions, name: str) -> list[str]:
     """The vocabulary built from the input itself (a first pass, which also validates every record)."""
-    texts = (d.text for d in _documents(path, opts, Summary(), name))
-    words, n = vocab.build(texts, size=size)
+    texts = (d.text for d in docs if d.text)
+    words, n = vocab.build(texts, size=opts.vocab_size, min_df=opts.min_df, max_df=opts.max_df)
     if n == 0:
         raise InputError("no documents (the input is empty or has only empty texts)", name)
     if not words:
         raise InputError("no vocabulary word in the documents (only stop words, digits or short words)", name)
-    console.info(f"vocabulary: {len(words)} words from {n} documents")
+    progress.info(f"vocabulary: {len(words)} words from {n} documents")
     return words
 
 
@@ -107,9 +115,9 @@ def project_vocabulary(tokenizer: Any, words: list[str], unique_prefix: bool, wh
         if unique_prefix:
             words = vocab.unique_prefix(words, projection)
             projection = vocab.project(words, tokenizer)
-            console.info(f"--unique-prefix: kept {len(words)} words, one per first sub-token")
+            progress.info(f"--unique-prefix: kept {len(words)} words, one per first sub-token")
         elif not whole_words:
-            console.warn(vocab.collision_report(projection, tokenizer))
+            progress.warn(vocab.collision_report(projection, tokenizer))
     whole = None
     if whole_words:
         from st.lm import WholeWords
@@ -118,7 +126,7 @@ def project_vocabulary(tokenizer: Any, words: list[str], unique_prefix: bool, wh
     return Vocabulary(list(words), projection.token_ids, vocab.fingerprint(words), projection.tokens, whole)
 
 
-class Encoder(Protocol):
+class Backend(Protocol):
     """Turns chunks of texts into (hidden, logits) per chunk, in order, through the LM and cache."""
 
     identity: dict[str, str]  # the LM's, known once started
@@ -129,11 +137,15 @@ class Encoder(Protocol):
         """Loads what encoding needs and returns the LM's tokenizer."""
 
     def encode(
-        self, chunks: Iterator[list[str]], vocabulary: Vocabulary | None, opts: Options, advance: Callable[[int], None]
+        self,
+        chunks: Iterator[list[str]],
+        vocabulary: Vocabulary | None,
+        opts: EncodeOptions,
+        advance: Callable[[int], None],
     ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]: ...
 
 
-class LocalEncoder:
+class LocalBackend:
     """The LM in this process."""
 
     def __init__(self, load_lm: Callable[[], LM], cache: LMCache) -> None:
@@ -148,7 +160,11 @@ class LocalEncoder:
         return self.lm.tokenizer
 
     def encode(
-        self, chunks: Iterator[list[str]], vocabulary: Vocabulary | None, opts: Options, advance: Callable[[int], None]
+        self,
+        chunks: Iterator[list[str]],
+        vocabulary: Vocabulary | None,
+        opts: EncodeOptions,
+        advance: Callable[[int], None],
     ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         for texts in chunks:
             before = self.lm.documents_computed
@@ -161,18 +177,18 @@ def encode_chunk(
     lm: LM,
     texts: list[str],
     vocabulary: Vocabulary | None,
-    opts: Options,
+    opts: EncodeOptions,
     cache: LMCache,
     advance: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """One chunk through the LM and the cache: the batch function of every backend."""
     return lm.encode(
         texts,
-        opts.prompt,
+        Prompt(opts.template, opts.instruction),
         opts.max_tokens,
         cache,
         batch_tokens=opts.batch_tokens,
-        batch_size=opts.batch_size,
+        batch_size=opts.lm_batch_size,
         vocab_token_ids=vocabulary.token_ids if vocabulary else None,
         vocab_fingerprint=vocabulary.fingerprint if vocabulary else None,
         on_batch=advance,
@@ -191,34 +207,40 @@ def _chunked(docs: Iterator[records.Document], size: int) -> Iterator[list[recor
         yield chunk
 
 
-def encode_corpus(
-    path: str,
-    output: str,
-    encoder: Encoder,
-    opts: Options,
-    out: IO[bytes],
-    words: list[str] | None = None,
+def encode_documents(
+    documents: Iterable[records.Document],
+    backend: Backend,
+    opts: EncodeOptions,
+    labels: SoftLabelOptions | None = None,
+    words: Sequence[str] | None = None,
     unique_prefix: bool = False,
-    kind: str = "softlabel",
-    name: str | None = None,
-) -> Summary:
-    """Encode every document of `path` into the store at `output`; print the records to `out`.
-    The LM is loaded once the first chunk of input has been read and checked, so that bad input
-    fails at once. With `kind="softlabel"`, `words` is the vocabulary."""
-    name = name or records.source_name(path)
+    output: str | Path | None = None,
+    force: bool = False,
+    text_field: str = "text",
+    name: str = "the input",
+    total: int | None = None,
+    on_records: Callable[[list[dict[str, Any]]], None] | None = None,
+) -> tuple[Corpus, Summary]:
+    """Encode every document into the store at `output` (None: a corpus in memory). With `labels`,
+    soft labels over `words` (the vocabulary); without, hidden states only (`st embed`, which adds
+    them to a finished soft-label store at `output`). After each chunk is written, its records
+    (each input record plus `_st: {store, row}`) go to `on_records`. The LM is loaded once the
+    first chunk of input has been read and checked, so that bad input fails at once."""
     summary = Summary()
-    writer: StoreWriter | HiddenWriter
-    target = embed_target(output) if kind == "embed" else None
-    store_path = str(Path(output).absolute())
-    chunks = _chunked(_documents(path, opts, summary, name), opts.chunk_rows)
+    kind = "softlabel" if labels is not None else "embed"
+    writer: StoreWriter | HiddenWriter | MemoryWriter
+    target = embed_target(output) if kind == "embed" and output is not None else None
+    store_path = str(Path(output).absolute()) if output is not None else None
+    chunks = _chunked(_nonempty(documents, summary), opts.chunk_rows)
     first = next(chunks, None)
     if first is None:
         raise InputError("no documents (the input is empty or has only empty texts)", name)
-    tokenizer = encoder.start()
+    tokenizer = backend.start()
     vocabulary = None
-    if kind == "softlabel":
-        assert words is not None
-        vocabulary = project_vocabulary(tokenizer, words, unique_prefix, opts.whole_words)
+    if labels is not None:
+        if words is None:
+            raise InputError("soft labels need a vocabulary")
+        vocabulary = project_vocabulary(tokenizer, list(words), unique_prefix, labels.whole_words)
     pending: deque[list[records.Document]] = deque()
 
     def texts() -> Iterator[list[str]]:
@@ -226,49 +248,43 @@ def encode_corpus(
             pending.append(chunk)
             yield [d.text for d in chunk]
 
+    prompt = {"template": opts.template, "instruction": opts.instruction}
     # The store is created (or refused) before any LM work, so a bad output path fails at once and
     # an interrupted run leaves an incomplete store that says how to resume.
     if target is not None:
-        source = {
-            "lm": encoder.identity,
-            "max_tokens": opts.max_tokens,
-            "prompt": {"template": opts.prompt.template, "instruction": opts.prompt.instruction},
-        }
-        writer = HiddenWriter(target, encoder.hidden_size, source, chunk_rows=opts.chunk_rows)
-        console.info(f"adding hidden states to the soft-label store {target.path}")
+        source = {"lm": backend.identity, "max_tokens": opts.max_tokens, "prompt": prompt}
+        writer = HiddenWriter(target, backend.hidden_size, source, chunk_rows=opts.chunk_rows)
+        progress.info(f"adding hidden states to the soft-label store {target.path}")
     else:
-        attrs = {
+        attrs: dict[str, Any] = {
             "kind": kind,
-            "lm": encoder.identity,
-            "prompt": {"template": opts.prompt.template, "instruction": opts.prompt.instruction},
+            "lm": backend.identity,
+            "prompt": prompt,
             "max_tokens": opts.max_tokens,
-            "hidden_size": encoder.hidden_size,
-            "text_field": opts.text_field,
+            "hidden_size": backend.hidden_size,
+            "text_field": text_field,
         }
-        if vocabulary is not None:
+        if vocabulary is not None and labels is not None:
             attrs.update(
-                temperature=opts.temperature,
+                temperature=labels.temperature,
                 vocab_fingerprint=vocabulary.fingerprint,
                 vocab_size=len(vocabulary.words),
-                whole_words=opts.whole_words,
+                whole_words=labels.whole_words,
             )
-        writer = StoreWriter(
-            output,
-            attrs,
-            encoder.hidden_size,
-            vocabulary.words if vocabulary else None,
-            chunk_rows=opts.chunk_rows,
-            force=opts.force,
-        )
-    with console.progress(f"st {kind}", total=count_lines(path)) as bar:
-        for hidden, logits in encoder.encode(texts(), vocabulary, opts, bar.advance):
+        words_out = vocabulary.words if vocabulary else None
+        if output is None:
+            writer = MemoryWriter(attrs, backend.hidden_size, words_out)
+        else:
+            writer = StoreWriter(output, attrs, backend.hidden_size, words_out, opts.chunk_rows, force)
+    with progress.task(f"st {kind}", total=total) as bar:
+        for hidden, logits in backend.encode(texts(), vocabulary, opts, bar.advance):
             chunk = pending.popleft()
             bad = ~np.isfinite(hidden).all(axis=1)
             if logits is not None:
                 bad |= ~np.isfinite(logits).all(axis=1)
             if bad.any():
                 doc = chunk[int(np.argmax(bad))]
-                raise StError(f"{name}:{doc.line}: the LM gave NaN or Inf for document {doc.id!r}; try --dtype float32")
+                raise StError(f"the LM gave NaN or Inf for document {doc.id!r}; try --dtype float32", name, doc.line)
             chunk_texts = [d.text for d in chunk]
             bow = None
             if vocabulary is not None:
@@ -276,27 +292,28 @@ def encode_corpus(
                 summary.no_vocab_word += int((np.diff(bow.indptr) == 0).sum())
             serialized = [records.dumps(d.record).decode() for d in chunk]
             row = writer.append([d.id for d in chunk], serialized, hidden, logits, bow)
-            lines = [
-                records.dumps(records.with_store_ref(d.record, store_path, row + i)) + b"\n"
-                for i, d in enumerate(chunk)
-            ]
-            out.write(b"".join(lines))  # after the store holds the rows they point to
-            out.flush()
+            if on_records is not None and store_path is not None:
+                # after the store holds the rows they point to
+                on_records([records.with_store_ref(d.record, store_path, row + i) for i, d in enumerate(chunk)])
             summary.documents += len(chunk)
         bar.finish()
-    summary.lm_documents = encoder.documents_computed
+    summary.lm_documents = backend.documents_computed
     writer.finish()
     if summary.skipped_empty:
         shown = ", ".join(map(str, summary.skipped_empty[:5]))
         more = ", ..." if len(summary.skipped_empty) > 5 else ""
-        console.warn(
+        progress.warn(
             f"{name}: skipped {len(summary.skipped_empty)} empty documents (lines {shown}{more}); "
             "they have no record in the output"
         )
     if vocabulary is not None and summary.no_vocab_word:
-        console.info(f"{summary.no_vocab_word} documents contain no vocabulary word")
-    console.info(
-        f"{summary.documents} documents in {store_path} "
+        progress.info(f"{summary.no_vocab_word} documents contain no vocabulary word")
+    where = store_path or "memory"
+    progress.info(
+        f"{summary.documents} documents in {where} "
         f"({summary.lm_documents} through the LM, {summary.documents - summary.lm_documents} from the cache)"
     )
-    return summary
+    if isinstance(writer, MemoryWriter):
+        assert writer.corpus is not None
+        return writer.corpus, summary
+    return Store(writer.path), summary
