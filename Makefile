@@ -27,11 +27,13 @@ demo: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/ruff check st tests bench examples
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check st tests bench examples
 	$(BIN)/ruff format --check st tests bench examples
+	$(BIN)/mypy
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/bench.py --docs $${BENCH_DOCS:-2000} --out bench/results.md --readme README.md

@@ -25,7 +25,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import numpy as np  # noqa: E402
 import orjson  # noqa: E402
 
-from st import metrics as evaluate, records, vocab  # noqa: E402
+from st import metrics as evaluate  # noqa: E402
+from st import records, vocab
 from st.store import Store  # noqa: E402
 
 METRICS = ["npmi", "cv", "td", "purity", "nmi", "p@10"]

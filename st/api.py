@@ -49,7 +49,7 @@ Documents = Iterable[str] | Iterable[dict[str, Any]] | Iterable[str | dict[str, 
 
 def split_options(kwargs: dict[str, Any], *groups: type[Options]) -> list[Any]:
     """Keyword arguments sorted into the option groups that declare them; unknown names fail."""
-    known = {f.name: g for g in groups for f in dataclasses.fields(g)}
+    known = {f.name: g for g in groups for f in dataclasses.fields(g)}  # type: ignore[arg-type]
     unknown = sorted(set(kwargs) - set(known))
     if unknown:
         raise TypeError(f"unexpected option {unknown[0]!r}; options here: {', '.join(sorted(known))}")

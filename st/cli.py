@@ -80,7 +80,9 @@ def options(
         if (only is not None and f.name not in only) or f.name in exclude:
             continue
         text = (help or {}).get(f.name, spec.help)
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default = f.default
+        if default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
         if spec.default_text:
             text += f"  [default: {spec.default_text}]"
         if spec.is_flag:
@@ -177,7 +179,7 @@ where_lm_help = {"lm": "Where the model's LM is, if not where it was at training
 
 
 def _stdout() -> Any:
-    return click.get_binary_stream("stdout")
+    return click.get_binary_stream("stdout")  # type: ignore[operator]
 
 
 def _write(lines: list[bytes]) -> None:
@@ -195,7 +197,7 @@ class _Failure(click.ClickException):
 
     def __init__(self, error: StError) -> None:
         super().__init__(error.message)
-        self.exit_code = error.exit_code
+        self.exit_code = error.exit_code  # type: ignore[misc]
         self.usage = isinstance(error, UsageError)
 
 
@@ -405,7 +407,7 @@ def train(
         stored = store.array("records") if recs is None else None
         lines = []
         for i, row in enumerate(rows.tolist()):
-            rec = recs[i] if recs is not None else records.parse_object(str(stored[row]), str(store.path), row)
+            rec = recs[i] if recs is not None else records.parse_object(str(stored[row]), str(store.path), row)  # type: ignore[index]
             lines.append(_with_theta(rec, theta[row]))
         _write(lines)
     else:

