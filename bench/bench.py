@@ -184,9 +184,9 @@ def train_rate(n: int = 20_000, v: int = 2000, k: int = 50, epochs: int = 2) -> 
     """Documents x epochs per second of `st train` (DSL-ProdLDA) on a synthetic store of N x V."""
     from scipy import sparse
 
-    from st import console
+    from st.options import TrainOptions
     from st.store import Store, StoreWriter
-    from st.train import TrainOptions, train
+    from st.train import train
 
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -204,13 +204,11 @@ def train_rate(n: int = 20_000, v: int = 2000, k: int = 50, epochs: int = 2) -> 
             )
         w.finish()
         store = Store(Path(tmp) / "s.zarr")
-        console.set_quiet(True)
         seconds = []
         for e in (1, 1 + epochs):  # the difference leaves out loading the store
             t = time.perf_counter()
             train(store, np.arange(n), TrainOptions(k=k, epochs=e))
             seconds.append(time.perf_counter() - t)
-        console.set_quiet(False)
         return n * epochs / (seconds[1] - seconds[0])
 
 
