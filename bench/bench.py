@@ -24,6 +24,7 @@ import orjson
 import torch
 
 from st.cache import Cache
+from st.encoder import Encoder
 from st.lm import LM, cpu_has_fast_bf16
 from st.prompt import Prompt
 from st.train import dsl_batch_size
@@ -62,7 +63,7 @@ def side_by_side(lm: LM, texts: list[str]) -> dict[str, float]:
         for start in range(0, len(texts), BLOCK):
             block = texts[start : start + BLOCK]
             t = time.perf_counter()
-            lm.encode(block, Prompt(), 512, cache)
+            Encoder(lm, cache).encode(block, Prompt(), 512)
             times["st"] += time.perf_counter() - t
             t = time.perf_counter()
             naive(lm, block)
@@ -72,7 +73,7 @@ def side_by_side(lm: LM, texts: list[str]) -> dict[str, float]:
         t = time.perf_counter()
         before = lm.documents_computed
         for start in range(0, len(texts), BLOCK):
-            lm.encode(texts[start : start + BLOCK], Prompt(), 512, cache)
+            Encoder(lm, cache).encode(texts[start : start + BLOCK], Prompt(), 512)
         assert lm.documents_computed == before, "the cached re-run ran the LM"
         cached = time.perf_counter() - t
     n = len(texts)
@@ -163,7 +164,7 @@ def dtype_rates(texts: list[str]) -> dict[str, float]:
         with tempfile.TemporaryDirectory() as cache_dir:
             ids = np.asarray([lm.tokenizer(" " + w, add_special_tokens=False)["input_ids"][0] for w in VOCAB_SAMPLE])
             t = time.perf_counter()
-            _, logits[dtype] = lm.encode(texts, Prompt(), 512, Cache(Path(cache_dir)), vocab_token_ids=ids)
+            _, logits[dtype] = Encoder(lm, Cache(Path(cache_dir))).encode(texts, Prompt(), 512, vocab_token_ids=ids)
             rates[dtype] = len(texts) / (time.perf_counter() - t)
     diff = float(np.abs(logits["float32"] - logits["bfloat16"]).max())
     top = [

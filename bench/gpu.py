@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import lm_flops, load, matmul_limit  # noqa: E402
 from st.cache import Cache, default_cache_dir  # noqa: E402
+from st.encoder import Encoder  # noqa: E402
 from st.lm import LM, local_folder, resolve  # noqa: E402
 from st.prompt import Prompt  # noqa: E402
 from st.testing import random_llama  # noqa: E402
@@ -48,12 +49,14 @@ def run(lm: LM, texts: list[str], batch_tokens: int) -> dict[str, float]:
     words = np.arange(1000, 3000)  # one head row per vocabulary word, as for a 2,000-word vocabulary
     with tempfile.TemporaryDirectory() as tmp:
         cache = Cache(Path(tmp))
-        lm.encode(texts[:64], Prompt(), 512, cache, batch_tokens=batch_tokens, vocab_token_ids=words)  # warm-up
+        Encoder(lm, cache).encode(
+            texts[:64], Prompt(), 512, batch_tokens=batch_tokens, vocab_token_ids=words
+        )  # warm-up
         tokens, docs = lm.tokens_computed, lm.documents_computed
         if lm.device.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
-        lm.encode(texts[64:], Prompt(), 512, cache, batch_tokens=batch_tokens, vocab_token_ids=words)
+        Encoder(lm, cache).encode(texts[64:], Prompt(), 512, batch_tokens=batch_tokens, vocab_token_ids=words)
         if lm.device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t

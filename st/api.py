@@ -123,7 +123,13 @@ class LM:
 
             o = self.options
             with progress_mod.status("loading the LM"):
-                self._model = Loaded(o.lm, o.device, o.dtype, self.models_dir, o.trust_remote_code)
+                self._model = Loaded(
+                    o.lm,
+                    device=o.device,
+                    dtype=o.dtype,
+                    cache_dir=self.models_dir,
+                    trust_remote_code=o.trust_remote_code,
+                )
         return self._model
 
     @property

@@ -27,6 +27,7 @@ from st.prompt import Prompt
 from st.store import Corpus, HiddenWriter, MemoryWriter, Store, StoreWriter, embed_target
 
 if TYPE_CHECKING:  # importing torch takes seconds; bad input should fail before that
+    from st.encoder import Encoder
     from st.lm import LM, WholeWords
 
 
@@ -155,7 +156,10 @@ class LocalBackend:
         self.documents_computed = 0
 
     def start(self) -> Any:
+        from st.encoder import Encoder
+
         self.lm = self.load_lm()
+        self.encoder = Encoder(self.lm, self.cache)
         self.identity, self.hidden_size = self.lm.identity, self.lm.hidden_size
         return self.lm.tokenizer
 
@@ -168,25 +172,23 @@ class LocalBackend:
     ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         for texts in chunks:
             before = self.lm.documents_computed
-            result = encode_chunk(self.lm, texts, vocabulary, opts, self.cache, advance)
+            result = encode_chunk(self.encoder, texts, vocabulary, opts, advance)
             self.documents_computed += self.lm.documents_computed - before
             yield result
 
 
 def encode_chunk(
-    lm: LM,
+    encoder: Encoder,
     texts: list[str],
     vocabulary: Vocabulary | None,
     opts: EncodeOptions,
-    cache: LMCache,
     advance: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """One chunk through the LM and the cache: the batch function of every backend."""
-    return lm.encode(
+    """One chunk through the cached encoder: the batch function of every backend."""
+    return encoder.encode(
         texts,
         Prompt(opts.template, opts.instruction),
         opts.max_tokens,
-        cache,
         batch_tokens=opts.batch_tokens,
         batch_size=opts.lm_batch_size,
         vocab_token_ids=vocabulary.token_ids if vocabulary else None,

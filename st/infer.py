@@ -11,13 +11,15 @@ import numpy as np
 from st import progress, records, vocab
 from st.cache import LMCache
 from st.errors import InputError
+from st.options import CHUNK_ROWS, EncodeOptions
 from st.prompt import Prompt
 from st.train import Fitted
 
 if TYPE_CHECKING:
+    from st.encoder import Encoder
     from st.lm import LM
 
-CHUNK = 1024
+CHUNK = CHUNK_ROWS
 
 
 def check_lm(model: Fitted, lm: LM, what: str) -> None:
@@ -60,19 +62,22 @@ def infer(
     out; records that point into a store made with another LM or prompt are refused."""
     source = model.config.get("input_source") or model.config
     prompt = Prompt(**source["prompt"]) if source.get("prompt") else Prompt()
-    max_tokens = int(source.get("max_tokens") or 512)
+    max_tokens = int(source.get("max_tokens") or EncodeOptions.max_tokens)
     uses_lm = model.config["training"]["input"] == "hidden"
-    lm: LM | None = None
+    encoder: Encoder | None = None
     n = 0
     chunk: list[records.Document] = []
 
     def theta_of(texts: list[str]) -> np.ndarray:
-        nonlocal lm
+        nonlocal encoder
         if uses_lm:
-            if lm is None:
+            if encoder is None:
+                from st.encoder import Encoder
+
                 lm = load_lm()
                 check_lm(model, lm, "the LM")
-            x, _ = lm.encode(texts, prompt, max_tokens, cache, batch_tokens=batch_tokens, batch_size=lm_batch_size)
+                encoder = Encoder(lm, cache)
+            x, _ = encoder.encode(texts, prompt, max_tokens, batch_tokens=batch_tokens, batch_size=lm_batch_size)
         else:
             x = vocab.bag_of_words(texts, model.vocab).toarray()
         return model.theta(np.asarray(x, dtype=np.float32))

@@ -204,6 +204,7 @@ RATING_QUESTION = (
 def llm_rating(topics: Sequence[Sequence[str]], lm, cache, topn: int = 10) -> list[float]:
     """Each topic's rating by an instruction-tuned LM: the expected value of its next-token
     distribution over "1", "2" and "3", asked through the shared backend (and its cache)."""
+    from st.encoder import Encoder
     from st.prompt import Prompt
 
     tok = lm.tokenizer
@@ -216,7 +217,10 @@ def llm_rating(topics: Sequence[Sequence[str]], lm, cache, topn: int = 10) -> li
     else:
         texts = [q + "\nAnswer:" for q in questions]
     digits = np.asarray([tok.encode(d, add_special_tokens=False)[-1] for d in "123"])
-    _, logits = lm.encode(texts, Prompt(template="{document}", instruction=""), 4096, cache, vocab_token_ids=digits)
+    _, logits = Encoder(lm, cache).encode(
+        texts, Prompt(template="{document}", instruction=""), 4096, vocab_token_ids=digits
+    )
+    assert logits is not None
     z = logits.astype(np.float64)
     p = np.exp(z - z.max(axis=1, keepdims=True))
     p /= p.sum(axis=1, keepdims=True)

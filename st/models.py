@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from st.options import TEMPERATURE
+
 
 @dataclass
 class TopicConfig:
@@ -40,7 +42,7 @@ class TopicConfig:
     hidden: list[int] = field(default_factory=lambda: [200, 200])
     dropout: float = 0.2
     theta_dropout: float = 0.2
-    decoder_temperature: float = 3.0
+    decoder_temperature: float = TEMPERATURE
     decoder_norm: float = 1.0  # prodlda, ecrtm: see DecoderNorm
     decoder_affine: bool = False  # prodlda, ecrtm: a learned gain and shift per word after the norm
     embedding_size: int = 200  # etm, ecrtm: size of α and ρ (fastopic: the input's size)

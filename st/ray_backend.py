@@ -50,11 +50,12 @@ class ChunkEncoder:
 
     def __init__(self, spec: LMSpec, opts: dict[str, Any], vocabulary: dict[str, Any] | None) -> None:
         from st.cache import open_cache
+        from st.encoder import Encoder
         from st.lm import LM
 
         models = Path(spec.models_dir)
         self.lm = LM(spec.model, spec.device, spec.dtype, cache_dir=models, trust_remote_code=spec.trust_remote_code)
-        self.cache = open_cache(spec.cache)
+        self.encoder = Encoder(self.lm, open_cache(spec.cache))
         self.opts = EncodeOptions(**opts)
         self.vocabulary = None
         if vocabulary is not None:
@@ -73,7 +74,7 @@ class ChunkEncoder:
 
     def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray | None, str, int]:
         before = self.lm.documents_computed
-        hidden, logits = encode_chunk(self.lm, texts, self.vocabulary, self.opts, self.cache)
+        hidden, logits = encode_chunk(self.encoder, texts, self.vocabulary, self.opts)
         hidden = np.ascontiguousarray(hidden, dtype=np.float32)
         logits = None if logits is None else np.ascontiguousarray(logits, dtype=np.float32)
         return hidden, logits, self.identity, self.lm.documents_computed - before

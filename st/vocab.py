@@ -38,7 +38,7 @@ def tokenize(text: str) -> list[str]:
     return [w for w, suffix in _WORD.findall(text.lower()) if suffix in ("", "s") and len(w) > 2 and w not in stop]
 
 
-def build(texts: Iterable[str], size: int = 2000, min_df: int = 1, max_df: float = 1.0) -> tuple[list[str], int]:
+def build(texts: Iterable[str], size: int, min_df: int = 1, max_df: float = 1.0) -> tuple[list[str], int]:
     """Top `size` words by corpus frequency, among those in at least `min_df` documents and at
     most a `max_df` share of them. Returns the words (most frequent first) and the corpus size."""
     tf: Counter[str] = Counter()

@@ -12,9 +12,9 @@ from pathlib import Path
 
 def setup() -> None:
     control = Path(os.environ["ST_TEST_RAY_CONTROL"])
-    from st.lm import LM
+    from st.encoder import Encoder
 
-    real_encode = LM.encode
+    real_encode = Encoder.encode
 
     def encode(self, texts, *args, **kwargs):
         order = control / "kill-after-batches"
@@ -22,13 +22,13 @@ def setup() -> None:
             return real_encode(self, texts, *args, **kwargs)
         batches = {"n": 0, "docs": 0}
         user_on_batch = kwargs.get("on_batch")
-        before = self.documents_computed
+        before = self.lm.documents_computed
 
         def on_batch(n: int) -> None:
             if user_on_batch:
                 user_on_batch(n)
-            if self.documents_computed > before + batches["docs"]:  # a computed batch, now cached
-                batches["docs"] = self.documents_computed - before
+            if self.lm.documents_computed > before + batches["docs"]:  # a computed batch, now cached
+                batches["docs"] = self.lm.documents_computed - before
                 batches["n"] += 1
                 try:
                     if batches["n"] < int(order.read_text()):
@@ -42,4 +42,4 @@ def setup() -> None:
         kwargs["on_batch"] = on_batch
         return real_encode(self, texts, *args, **kwargs)
 
-    LM.encode = encode
+    Encoder.encode = encode

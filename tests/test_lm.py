@@ -11,6 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from st.cache import Cache
+from st.encoder import Encoder
 from st.lm import LM, make_batches
 from st.prompt import INSTRUCTION, TEMPLATE, Prompt
 
@@ -56,7 +57,7 @@ def test_hidden_and_logits_equal_transformers_called_directly(which, tiny_model,
     ref_hidden, ref_logits, first = direct(folder, DOCS, WORDS)
     lm = LM(str(folder), device="cpu", dtype="float32", cache_dir=cache_dir)
     # A small token budget forces several padded batches of different widths.
-    hidden, logits = lm.encode(DOCS, Prompt(), 512, Cache(cache_dir), batch_tokens=64, vocab_token_ids=first)
+    hidden, logits = Encoder(lm, Cache(cache_dir)).encode(DOCS, Prompt(), 512, batch_tokens=64, vocab_token_ids=first)
     assert lm.head_is_exact
     np.testing.assert_allclose(hidden, ref_hidden, atol=1e-4, rtol=0)
     np.testing.assert_allclose(logits, ref_logits, atol=1e-4, rtol=0)
@@ -70,7 +71,7 @@ def test_truncation_keeps_the_template_tail(tiny_model, cache_dir):
     full = lm.tokenize_prompts([long_doc], Prompt(), 10_000)[0]
     assert len(ids) < 60 < len(full)
     ref_hidden, _, _ = direct(tiny_model, [long_doc], ["word"], max_tokens=20)
-    hidden, _ = lm.encode([long_doc], Prompt(), 20, Cache(cache_dir))
+    hidden, _ = Encoder(lm, Cache(cache_dir)).encode([long_doc], Prompt(), 20)
     np.testing.assert_allclose(hidden, ref_hidden, atol=1e-4, rtol=0)
 
 
@@ -98,22 +99,22 @@ def test_cache_hit_runs_no_forward_and_a_new_vocabulary_reuses_it(tiny_model, ca
     lm = LM(str(tiny_model), device="cpu", dtype="float32", cache_dir=cache_dir)
     cache = Cache(cache_dir)
     first = np.asarray([lm.tokenizer(" " + w, add_special_tokens=False)["input_ids"][0] for w in WORDS])
-    h1, l1 = lm.encode(DOCS, Prompt(), 512, cache, vocab_token_ids=first)
+    h1, l1 = Encoder(lm, cache).encode(DOCS, Prompt(), 512, vocab_token_ids=first)
     assert lm.documents_computed == len(DOCS)
 
     def boom(batch, prefix=None):
         raise AssertionError("the LM ran on a cached document")
 
     monkeypatch.setattr(lm, "_forward", boom)
-    h2, l2 = lm.encode(DOCS, Prompt(), 512, cache, vocab_token_ids=first)
+    h2, l2 = Encoder(lm, cache).encode(DOCS, Prompt(), 512, vocab_token_ids=first)
     np.testing.assert_array_equal(h1, h2)
     np.testing.assert_array_equal(l1, l2)
-    h3, l3 = lm.encode(DOCS[::-1], Prompt(), 512, cache, vocab_token_ids=first[:3])
+    h3, l3 = Encoder(lm, cache).encode(DOCS[::-1], Prompt(), 512, vocab_token_ids=first[:3])
     np.testing.assert_array_equal(h3, h1[::-1])
     np.testing.assert_array_equal(l3, l1[::-1, :3])
     # A different prompt or max_tokens is another computation.
     with pytest.raises(AssertionError, match="cached document"):
-        lm.encode(DOCS[:1], Prompt(instruction="Name the topic."), 512, cache)
+        Encoder(lm, cache).encode(DOCS[:1], Prompt(instruction="Name the topic."), 512)
 
 
 def test_head_check_falls_back_to_caching_logits(tiny_model, cache_dir, monkeypatch):
@@ -131,7 +132,7 @@ def test_head_check_falls_back_to_caching_logits(tiny_model, cache_dir, monkeypa
     lm = LM(str(tiny_model), device="cpu", dtype="float32", cache_dir=cache_dir)
     assert not lm.head_is_exact
     first = np.asarray([lm.tokenizer(" " + w, add_special_tokens=False)["input_ids"][0] for w in WORDS])
-    _, logits = lm.encode(DOCS, Prompt(), 512, Cache(cache_dir), vocab_token_ids=first, vocab_fingerprint="v1")
+    _, logits = Encoder(lm, Cache(cache_dir)).encode(DOCS, Prompt(), 512, vocab_token_ids=first, vocab_fingerprint="v1")
     _, ref, _ = direct(tiny_model, DOCS, WORDS)  # transformers' forward is capped here too
     np.testing.assert_allclose(logits, ref, atol=1e-4, rtol=0)
     assert np.abs(ref).max() < 30
@@ -160,15 +161,8 @@ def test_a_model_without_an_exact_head_runs_one_forward_pass_per_batch(tiny_mode
     first = np.asarray([lm.tokenizer(" " + w, add_special_tokens=False)["input_ids"][0] for w in WORDS])
     passes.clear()
     progress: list[int] = []
-    hidden, logits = lm.encode(
-        DOCS,
-        Prompt(),
-        512,
-        Cache(cache_dir),
-        batch_tokens=64,
-        vocab_token_ids=first,
-        vocab_fingerprint="v1",
-        on_batch=progress.append,
+    hidden, logits = Encoder(lm, Cache(cache_dir)).encode(
+        DOCS, Prompt(), 512, batch_tokens=64, vocab_token_ids=first, vocab_fingerprint="v1", on_batch=progress.append
     )
     batches = len(progress) - 1  # the first call counts the documents found in the cache
     assert batches > 1 and len(passes) == batches
@@ -311,11 +305,10 @@ def test_whole_word_probabilities_match_transformers(top, tiny_model, cache_dir)
     projection = vocab.project(SHARED_WORDS, lm.tokenizer)
     assert len(projection.collisions) >= 2  # " j" and " d" at least
     words = WholeWords.from_tokens(projection.tokens, top)
-    _, got = lm.encode(
+    _, got = Encoder(lm, Cache(cache_dir)).encode(
         DOCS,
         Prompt(),
         512,
-        Cache(cache_dir),
         batch_tokens=64,  # several batches, padding, and the shared prefix
         vocab_token_ids=projection.token_ids,
         vocab_fingerprint=f"test-{top}",
