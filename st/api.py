@@ -358,7 +358,8 @@ class TopicModel:
 
     def transform(self, documents: Corpus | Documents, text_field: str = "text", **options: Any) -> np.ndarray:
         """θ (N x K) of a corpus made with the model's LM and prompt, or of new texts, which go through
-        the same LM, prompt and cache. Options: `lm_batch_size`, `batch_tokens`."""
+        the same LM, prompt and cache (an empty text has no topics: its row is all zeros).
+        Options: `lm_batch_size`, `batch_tokens`."""
         from st.infer import check_store, infer
         from st.train import model_inputs
 

@@ -248,7 +248,7 @@ def vocab(input: str, **kwargs: Any) -> None:
 def _encode(kind: str, input: str, kwargs: dict[str, Any]) -> None:
     from st import api
     from st import vocab as vocab_mod
-    from st.encode import count_lines, spool_stdin
+    from st.encode import count_lines, spool
 
     docs = take(DocumentOptions, kwargs)
     store = take(StoreOptions, kwargs)
@@ -262,7 +262,7 @@ def _encode(kind: str, input: str, kwargs: dict[str, Any]) -> None:
     _ = lm.cache  # a bad cache location fails before any work
     name = records.source_name(input)
     building = kind == "softlabel" and words is None
-    path, cleanup = spool_stdin(input) if building else (input, lambda: None)
+    path, cleanup = spool(input) if building else (input, lambda: None)
     try:
         api.encode(
             lambda: records.read_documents(path, docs.text_field, docs.lines, name=name),

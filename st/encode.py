@@ -48,18 +48,26 @@ class Vocabulary:
     whole_words: WholeWords | None = None
 
 
-def spool_stdin(path: str) -> tuple[str, Callable[[], None]]:
-    """Two passes (vocabulary, then encoding) need the input twice: stdin goes to a temp file on
-    disk, not into memory."""
-    if path != "-":
+def spool(path: str) -> tuple[str, Callable[[], None]]:
+    """Two passes (vocabulary, then encoding) need the input twice: what cannot be read twice
+    (stdin, a FIFO, a process substitution such as `<(zcat docs.jsonl.gz)`) goes to a temp file on
+    disk, not into memory. Regular files, compressed ones too, are read where they are."""
+    if path != "-" and Path(path).is_file():
         return path, lambda: None
-    with tempfile.NamedTemporaryFile(prefix="st-stdin-", suffix=".jsonl", delete=False) as tmp:
-        shutil.copyfileobj(records.open_binary("-"), tmp, 1 << 20)
+    if path != "-" and not Path(path).exists():
+        raise InputError("cannot open: No such file or directory", path)
+    with tempfile.NamedTemporaryFile(prefix="st-input-", suffix=".jsonl", delete=False) as tmp:
+        source = records.open_binary(path)
+        try:
+            shutil.copyfileobj(source, tmp, 1 << 20)
+        finally:
+            if path != "-":
+                source.close()
     return tmp.name, lambda: Path(tmp.name).unlink(missing_ok=True)
 
 
 def count_lines(path: str) -> int | None:
-    if path == "-" or not Path(path).is_file():
+    if path == "-" or not Path(path).is_file() or records.is_compressed(path):
         return None
     n, last = 0, b"\n"
     with open(path, "rb") as f:

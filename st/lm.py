@@ -220,13 +220,27 @@ def pick_device(device: str) -> torch.device:
     return dev
 
 
-def cpu_has_fast_bf16() -> bool:
-    """AMX or AVX-512 BF16: there bfloat16 matrix products beat float32 several times over."""
-    cpu = getattr(torch._C, "_cpu", None)
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # native bfloat16 matrix units (Linux's names for them)
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The CPU's feature flags as Linux lists them (empty elsewhere)."""
     try:
-        return bool(cpu and (cpu._is_amx_tile_supported() or cpu._is_avx512_bf16_supported()))
-    except AttributeError:
-        return False
+        text = cpuinfo.read_text(errors="replace")
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+def cpu_has_fast_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """AMX or AVX-512 BF16: there bfloat16 matrix products beat float32 (AMX several times over).
+    Read from the flags the kernel reports, not from private torch functions, which come and go
+    between torch versions (one that vanished made this silently false)."""
+    return any(flag in cpu_flags(cpuinfo) for flag in BF16_FLAGS)
 
 
 def dtype_name(dtype: str, device_type: str) -> str:
@@ -241,7 +255,10 @@ def dtype_name(dtype: str, device_type: str) -> str:
         return "bfloat16"
     if device_type == "mps":
         return "float16"
-    return "bfloat16" if cpu_has_fast_bf16() else "float32"
+    fast = cpu_has_fast_bf16()
+    found = ", ".join(f for f in BF16_FLAGS if f in cpu_flags()) or "neither amx_bf16 nor avx512_bf16"
+    progress.info(f"dtype: {'bfloat16' if fast else 'float32'} (auto: this CPU has {found})")
+    return "bfloat16" if fast else "float32"
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

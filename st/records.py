@@ -7,6 +7,7 @@ A document record is one JSON object per line with a `text` (the field can be re
 from __future__ import annotations
 
 import json
+import lzma
 import os
 import sys
 from collections.abc import Iterator
@@ -39,13 +40,54 @@ def source_name(path: str) -> str:
     return "<stdin>" if path == "-" else path
 
 
+# Large corpora are kept compressed: these are read through their decompressor, chosen by suffix.
+COMPRESSED = (".gz", ".bz2", ".xz", ".zst")
+
+
+def is_compressed(path: str) -> bool:
+    return path.endswith(COMPRESSED)
+
+
 def open_binary(path: str) -> IO[bytes]:
     if path == "-":
         return sys.stdin.buffer
     try:
+        if path.endswith(".gz"):
+            import gzip
+
+            return gzip.open(path, "rb")  # type: ignore[return-value]
+        if path.endswith(".bz2"):
+            import bz2
+
+            return bz2.open(path, "rb")
+        if path.endswith(".xz"):
+            return lzma.open(path, "rb")
+        if path.endswith(".zst"):
+            return _open_zstd(path)
         return open(path, "rb")  # closed by the caller's generator
     except OSError as e:
         raise InputError(f"cannot open: {e.strerror}", source_name(path)) from None
+
+
+def _open_zstd(path: str) -> IO[bytes]:
+    try:
+        import zstandard
+    except ImportError:
+        raise InputError(
+            "reading .zst needs the zstandard package (pip install zstandard), or decompress it first: "
+            "zstd -dc FILE | st ...",
+            path,
+        ) from None
+    import io
+
+    return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
+
+
+def _readline(f: IO[bytes], size: int, name: str, number: int) -> bytes:
+    try:
+        return f.readline(size)
+    except (OSError, EOFError, lzma.LZMAError) as e:
+        raise InputError(f"cannot read: {e} (a damaged or truncated compressed file?)", name, number) from None
 
 
 def iter_lines(path: str, name: str | None = None) -> Iterator[tuple[int, str]]:
@@ -56,7 +98,7 @@ def iter_lines(path: str, name: str | None = None) -> Iterator[tuple[int, str]]:
     limit = max_line_bytes()
     try:
         number = 0
-        while raw := f.readline(limit + 1):
+        while raw := _readline(f, limit + 1, name, number + 1):
             number += 1
             if len(raw) > limit:
                 raise InputError(

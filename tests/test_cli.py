@@ -351,3 +351,58 @@ def test_a_store_holding_trained_models_is_not_replaced_without_force(tiny_model
     assert r.exit_code == 2 and "holds trained models" in r.output and (store / "models" / "dsl-k2-abc").is_dir()
     assert CliRunner().invoke(cli, [*args, "--force"]).exit_code == 0
     assert not (store / "models").exists()
+
+
+def _records_without_store(out: bytes) -> list[dict]:
+    recs = [orjson.loads(x) for x in out.splitlines()]
+    for r in recs:
+        r["_st"].pop("store")
+    return recs
+
+
+def test_pipes_and_process_substitution_are_read_once(tiny_model, cache_dir, so_docs, tmp_path):
+    """softlabel reads its input twice (vocabulary, then encoding): a FIFO or `<(...)` is spooled
+    like stdin, not read empty the second time."""
+    base = [*model_args(tiny_model, cache_dir), "-q"]
+    plain = run_st(["softlabel", str(so_docs), "-o", str(tmp_path / "a.zarr"), *base], cache_dir)
+    assert plain.returncode == 0, plain.stderr
+    cmd = " ".join([st_exe(), "softlabel", f"<(cat {so_docs})", "-o", str(tmp_path / "b.zarr"), *map(str, base)])
+    substituted = subprocess.run(["bash", "-c", cmd], capture_output=True, env=st_env(cache_dir), timeout=600)
+    assert substituted.returncode == 0, substituted.stderr
+    assert _records_without_store(substituted.stdout) == _records_without_store(plain.stdout)
+    fifo = tmp_path / "docs.fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_bytes(so_docs.read_bytes()))
+    writer.start()
+    piped = run_st(["softlabel", str(fifo), "-o", str(tmp_path / "c.zarr"), *base], cache_dir)
+    writer.join()
+    assert piped.returncode == 0, piped.stderr
+    assert _records_without_store(piped.stdout) == _records_without_store(plain.stdout)
+    for name in ("hidden", "logits"):
+        np.testing.assert_array_equal(
+            zarr.open_group(str(tmp_path / "a.zarr"))[name][:], zarr.open_group(str(tmp_path / "c.zarr"))[name][:]
+        )
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".bz2", ".xz"])
+def test_compressed_input_is_read_by_its_suffix(suffix, tiny_model, cache_dir, so_docs, tmp_path):
+    import bz2
+    import gzip
+    import lzma
+
+    compress = {".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress}[suffix]
+    packed = tmp_path / f"docs.jsonl{suffix}"
+    packed.write_bytes(compress(so_docs.read_bytes()))
+    base = [*model_args(tiny_model, cache_dir), "-q"]
+    plain = run_st(["softlabel", str(so_docs), "-o", str(tmp_path / "a.zarr"), *base], cache_dir)
+    result = run_st(["softlabel", str(packed), "-o", str(tmp_path / "b.zarr"), *base], cache_dir)
+    assert result.returncode == 0, result.stderr
+    assert _records_without_store(result.stdout) == _records_without_store(plain.stdout)
+    vocab_out = run_st(["vocab", str(packed), "--cache-dir", str(cache_dir), "-q"], cache_dir)
+    assert vocab_out.returncode == 0 and orjson.loads(vocab_out.stdout)
+    # A damaged file is one clear line, exit 2.
+    damaged = tmp_path / f"damaged.jsonl{suffix}"
+    damaged.write_bytes(packed.read_bytes()[: len(packed.read_bytes()) // 2])
+    bad = run_st(["vocab", str(damaged), "--cache-dir", str(cache_dir), "-q"], cache_dir)
+    err = bad.stderr.decode()
+    assert bad.returncode == 2 and len(err.strip().splitlines()) == 1 and str(damaged) in err, err

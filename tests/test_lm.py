@@ -320,3 +320,44 @@ def test_whole_word_probabilities_match_transformers(top, tiny_model, cache_dir)
     j_words = [SHARED_WORDS.index(w) for w in ("javascript", "jdbc", "jquery", "jsp")]
     if top == 8:
         assert len(set(np.round(got[0, j_words], 5))) > 1
+
+
+@pytest.mark.parametrize(
+    ("flags", "fast"),
+    [
+        ("fpu sse avx2 avx512f avx512_bf16 amx_tile", True),
+        ("fpu sse avx2 amx_bf16 amx_tile amx_int8", True),
+        ("fpu sse avx2 avx512f avx512_vnni", False),
+    ],
+)
+def test_dtype_auto_follows_the_cpus_bfloat16_units(flags, fast, tmp_path, monkeypatch):
+    """`--dtype auto` on CPU: bfloat16 exactly where the kernel reports AMX-BF16 or AVX-512 BF16."""
+    from st import lm as lm_module
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t: {flags}\n"
+    )
+    assert lm_module.cpu_has_fast_bf16(cpuinfo) is fast
+    monkeypatch.setattr(lm_module, "cpu_has_fast_bf16", lambda *a: fast)
+    assert lm_module.dtype_name("auto", "cpu") == ("bfloat16" if fast else "float32")
+    assert lm_module.dtype_name("auto", "cuda") == "bfloat16"
+    assert lm_module.dtype_name("float32", "cpu") == "float32"
+
+
+def test_dtype_detection_without_cpuinfo_or_on_arm(tmp_path):
+    from st.lm import cpu_has_fast_bf16
+
+    assert cpu_has_fast_bf16(tmp_path / "missing") is False
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 bf16\n")
+    assert cpu_has_fast_bf16(arm) is False
+
+
+def test_dtype_detection_agrees_with_this_machines_flags():
+    """Whatever this CPU is, the detection says what its /proc/cpuinfo says (the check that a
+    vanished torch function once failed silently)."""
+    from st.lm import cpu_has_fast_bf16
+
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    assert cpu_has_fast_bf16() is (" amx_bf16" in text or " avx512_bf16" in text)
