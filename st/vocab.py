@@ -27,7 +27,21 @@ _WORD = re.compile(r"([^\W\d_]+)(?:['’]([^\W\d_]+))?")
 
 @functools.cache
 def stop_words() -> frozenset[str]:
-    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS  # slow import: only when needed
+    """scikit-learn's English stop words. Importing scikit-learn takes seconds, a large share of a
+    short run's start-up, so the module that holds the list (it imports nothing) is loaded alone;
+    the package import stays the fallback."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("sklearn")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / "feature_extraction" / "_stop_words.py"
+        module_spec = importlib.util.spec_from_file_location("_st_sklearn_stop_words", path)
+        if path.is_file() and module_spec is not None and module_spec.loader is not None:
+            module = importlib.util.module_from_spec(module_spec)
+            module_spec.loader.exec_module(module)
+            return frozenset(module.ENGLISH_STOP_WORDS)
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
     return frozenset(ENGLISH_STOP_WORDS)
 

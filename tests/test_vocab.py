@@ -59,3 +59,16 @@ def test_bag_of_words_counts_vocabulary_words():
 def test_fingerprint_depends_on_words_and_order():
     assert vocab.fingerprint(["a", "b"]) != vocab.fingerprint(["b", "a"])
     assert vocab.fingerprint(["a", "b"]) == vocab.fingerprint(["a", "b"])
+
+
+def test_stop_words_are_scikit_learns_without_importing_it():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from st.vocab import stop_words; words = stop_words(); "
+        "assert 'sklearn' not in sys.modules; "
+        "from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS; "
+        "assert words == frozenset(ENGLISH_STOP_WORDS) and len(words) > 300"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
