@@ -564,11 +564,11 @@ def search(
         else:
             q = model.transform([str(query)])[0]
         idx, scores = ranking.rank(theta, q, n, opts.divergence, log_t=log_t)
-    ids = corpus.ids()
-    stored_records = corpus.array("records")
+    rows = idx.tolist()
+    hit_ids, hit_records = corpus.take("ids", rows), corpus.take("records", rows)
     return [
-        Hit(ids[j], j, float(s), int(theta[j].argmax()), records.parse_object(str(stored_records[j]), corpus.name, j))
-        for j, s in zip(idx.tolist(), scores.tolist(), strict=True)
+        Hit(str(i), j, float(s), int(theta[j].argmax()), records.parse_object(str(r), corpus.name, j))
+        for i, r, j, s in zip(hit_ids, hit_records, rows, scores.tolist(), strict=True)
     ]
 
 

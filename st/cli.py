@@ -561,7 +561,7 @@ def eval_command(
     rating_lm = None
     for spec in model_specs:
         model = api.load(spec)
-        if store.theta(model.id) is None:
+        if f"theta/{model.id}" not in store:
             raise InputError(
                 f"the store has no θ for model {model.id}; train the model on this store first (`st train --store`)",
                 store_path,

@@ -80,6 +80,11 @@ class Corpus(abc.ABC):
         """How messages name it."""
         return str(self.path) if self.path is not None else "the corpus"
 
+    def take(self, name: str, rows: Sequence[int]) -> list[Any]:
+        """A few rows of an array, without reading the rest (search hits out of millions)."""
+        values = self.array(name)
+        return [values[j] for j in rows]
+
     def vocab(self) -> list[str]:
         return [str(w) for w in self.array("vocab")]
 
@@ -344,6 +349,12 @@ class Store(Corpus):
         indices = np.asarray(_array(self.group, "bow/indices")[:nnz])
         data = np.asarray(_array(self.group, "bow/data")[:nnz])
         return sparse.csr_matrix((data, indices, indptr), shape=(self.rows, len(self.vocab())))
+
+    def take(self, name: str, rows: Sequence[int]) -> list[Any]:
+        if name not in self:
+            raise InputError(f"the store has no {name!r} array", str(self.path))
+        values = _array(self.group, name)
+        return [values[j] for j in rows]
 
     def write_theta(self, model_id: str, theta: np.ndarray, attrs: dict[str, Any]) -> None:
         """θ of every row under `theta/<model id>`, beside other models' θ."""
