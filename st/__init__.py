@@ -11,34 +11,17 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-_API = (
-    "CTM",
-    "DSL",
-    "LDA",
-    "LM",
-    "Hit",
-    "ProdLDA",
-    "TopicModel",
-    "embed",
-    "evaluate",
-    "load",
-    "open_store",
-    "rate",
-    "search",
-    "softlabel",
-    "vocabulary",
-)
-_OTHER = {
-    "Corpus": "st.store",
-    "Store": "st.store",
-    "MemoryCorpus": "st.store",
-    "StError": "st.errors",
-    "InputError": "st.errors",
+_API = "CTM DSL LDA LM Hit ProdLDA TopicModel embed evaluate load open_store rate search softlabel vocabulary"
+_EXPORTS = {
+    **dict.fromkeys(_API.split(), "st.api"),
+    **dict.fromkeys(["Corpus", "Store", "MemoryCorpus"], "st.store"),
+    **dict.fromkeys(["StError", "InputError"], "st.errors"),
     "Progress": "st.progress",
 }
+__all__ = list(_EXPORTS)
 
-if TYPE_CHECKING:
-    from st.api import (
+if TYPE_CHECKING:  # what type checkers and editors see; at run time __getattr__ imports on first use
+    from st.api import (  # noqa: F401
         CTM,
         DSL,
         LDA,
@@ -55,41 +38,14 @@ if TYPE_CHECKING:
         softlabel,
         vocabulary,
     )
-    from st.errors import InputError, StError
-    from st.progress import Progress
-    from st.store import Corpus, MemoryCorpus, Store
+    from st.errors import InputError, StError  # noqa: F401
+    from st.progress import Progress  # noqa: F401
+    from st.store import Corpus, MemoryCorpus, Store  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:
     import importlib
 
-    if name in _API:
-        return getattr(importlib.import_module("st.api"), name)
-    if name in _OTHER:
-        return getattr(importlib.import_module(_OTHER[name]), name)
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'st' has no attribute {name!r}")
-
-
-__all__ = [
-    "CTM",
-    "DSL",
-    "LDA",
-    "LM",
-    "Corpus",
-    "Hit",
-    "InputError",
-    "MemoryCorpus",
-    "ProdLDA",
-    "Progress",
-    "StError",
-    "Store",
-    "TopicModel",
-    "embed",
-    "evaluate",
-    "load",
-    "open_store",
-    "rate",
-    "search",
-    "softlabel",
-    "vocabulary",
-]

@@ -570,22 +570,3 @@ def search(
         Hit(str(i), j, float(s), int(theta[j].argmax()), records.parse_object(str(r), corpus.name, j))
         for i, r, j, s in zip(hit_ids, hit_records, rows, scores.tolist(), strict=True)
     ]
-
-
-__all__ = [
-    "CTM",
-    "DSL",
-    "LDA",
-    "LM",
-    "Hit",
-    "ProdLDA",
-    "TopicModel",
-    "embed",
-    "evaluate",
-    "load",
-    "open_store",
-    "rate",
-    "search",
-    "softlabel",
-    "vocabulary",
-]
