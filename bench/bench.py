@@ -25,7 +25,7 @@ import torch
 
 from st.cache import Cache
 from st.encoder import Encoder
-from st.lm import LM, cpu_has_fast_bf16
+from st.lm import LM, cpu_flags, cpu_has_fast_bf16
 from st.prompt import Prompt
 from st.train import dsl_batch_size
 
@@ -131,20 +131,28 @@ def matmul_limit(lm: LM, tokens: int = 1024, repeats: int = 20) -> float:
     return flops / best
 
 
+MODELS = Path(os.environ.get("ST_CACHE_DIR", Path.home() / ".cache" / "st")) / "models"
+
+
+def sample(corpus: str, n: int, tmp: Path) -> tuple[Path, dict[str, str]]:
+    """The first n documents of a corpus as a file, and an environment with a fresh LM cache that
+    shares the converted models."""
+    src = tmp / "docs.jsonl"
+    with open(DATA / f"{corpus}.jsonl", "rb") as f, open(src, "wb") as out:
+        for i, line in enumerate(f):
+            if i == n:
+                break
+            out.write(line)
+    (tmp / "cache").mkdir()
+    if MODELS.is_dir():
+        (tmp / "cache" / "models").symlink_to(MODELS)
+    return src, dict(os.environ, ST_CACHE_DIR=str(tmp / "cache"))
+
+
 def peak_rss_mb(corpus: str, n: int, model: Path | None = None) -> float:
     """Peak resident memory of `st softlabel` over n documents, as its own process."""
     with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "docs.jsonl"
-        with open(DATA / f"{corpus}.jsonl", "rb") as f, open(src, "wb") as out:
-            for i, line in enumerate(f):
-                if i == n:
-                    break
-                out.write(line)
-        env = dict(os.environ, ST_CACHE_DIR=str(Path(tmp) / "cache"))
-        models = Path(os.environ.get("ST_CACHE_DIR", Path.home() / ".cache" / "st")) / "models"
-        (Path(tmp) / "cache").mkdir()
-        if models.is_dir():
-            (Path(tmp) / "cache" / "models").symlink_to(models)
+        src, env = sample(corpus, n, Path(tmp))
         cmd = [sys.executable, "-m", "st", "softlabel", str(src), "-o", str(Path(tmp) / "s.zarr"), "-q"]
         if model is not None:
             cmd += ["--lm", str(model)]
@@ -154,6 +162,46 @@ def peak_rss_mb(corpus: str, n: int, model: Path | None = None) -> float:
         )
         out = subprocess.run([sys.executable, "-c", code, *cmd], env=env, capture_output=True, check=True)
         return int(out.stdout) / 1024
+
+
+NAIVE_SCRIPT = """
+import sys, orjson, torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+folder, src = sys.argv[1], sys.argv[2]
+tok = AutoTokenizer.from_pretrained(folder)
+tok.padding_side = "left"
+model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+instruction = "Generate a label that capture the overall theme of the document below."
+texts = [orjson.loads(line)["text"] for line in open(src, "rb")]
+prompts = [f"{instruction}\\n\\nDocument: {t}\\n\\nTopic:" for t in texts]
+with torch.inference_mode():
+    for i in range(0, len(prompts), 32):
+        enc = tok(prompts[i : i + 32], return_tensors="pt", padding=True, truncation=True, max_length=544)
+        model(**enc).logits[:, -1]
+"""
+
+
+def end_to_end(corpus: str, n: int) -> dict[str, float]:
+    """What a user waits for, process start to exit: `st softlabel` with default settings on a fresh
+    LM cache (the model already converted) and again on a warm one, against the naive float32
+    transformers loop as a script of its own."""
+    from st.lm import local_folder, resolve
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = local_folder(resolve(None), MODELS.parent)
+        src, env = sample(corpus, n, Path(tmp))
+        cmd = [sys.executable, "-m", "st", "softlabel", str(src), "-o", str(Path(tmp) / "s.zarr"), "-q"]
+        times = {}
+        for name, run in (
+            ("st_cold", cmd),
+            ("st_warm", cmd),
+            ("naive", [sys.executable, "-c", NAIVE_SCRIPT, str(folder), str(src)]),
+        ):
+            t = time.perf_counter()
+            subprocess.run(run, env=env, check=True, stdout=subprocess.DEVNULL)
+            times[name] = time.perf_counter() - t
+            print(f"  end to end {name}: {times[name]:.1f} s", file=sys.stderr)
+    return {"docs": n, **times, "ratio": times["naive"] / times["st_cold"]}
 
 
 def dtype_rates(texts: list[str]) -> dict[str, float]:
@@ -274,6 +322,8 @@ def main() -> None:
         tiny = random_llama(Path(tmp) / "tiny", local_folder(resolve(None), lm.cache_dir))
         mem_scaling = {n: peak_rss_mb("stackoverflow", n, tiny) for n in (2_000, 20_000)}
     rates = dtype_rates(load("stackoverflow", 64))
+    e2e = end_to_end("stackoverflow", 640)
+    flags = sorted(f for f in cpu_flags() if f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"))
 
     lines = [
         f"LM stage, embedded {lm.source.name.removeprefix('embedded:')} on CPU ({torch.get_num_threads()} threads, "
@@ -306,7 +356,14 @@ def main() -> None:
         f"dtype on this CPU (AMX/AVX-512 BF16: {'yes' if cpu_has_fast_bf16() else 'no'}): float32 "
         f"{rates['float32']:.1f} docs/s, bfloat16 {rates['bfloat16']:.1f} docs/s; bfloat16 changes logits by up to "
         f"{rates['max_dlogit']:.3f}, top-10 word overlap {rates['top10_overlap']:.2f}. "
-        f"`--dtype auto` picks {'bfloat16' if cpu_has_fast_bf16() else 'float32'} here.",
+        f"`--dtype auto` picks {'bfloat16' if cpu_has_fast_bf16() else 'float32'} here "
+        f"(CPU flags: {', '.join(flags) or 'none of avx2, avx512f, avx512_bf16, amx'}).",
+        "",
+        f"End to end, process start to exit, {e2e['docs']} stackoverflow titles, default settings, the model "
+        f"already converted: `st softlabel` {e2e['st_cold']:.1f} s on a fresh LM cache "
+        f"({e2e['docs'] / e2e['st_cold']:.1f} docs/s), {e2e['st_warm']:.1f} s re-run on a warm one; the naive "
+        f"float32 transformers loop (batches of 32, its own script) {e2e['naive']:.1f} s "
+        f"({e2e['docs'] / e2e['naive']:.1f} docs/s): {e2e['ratio']:.2f}x.",
         "",
         f"`st train` (DSL-ProdLDA, N = 20,000, V = 2,000, K = 50, batch {dsl_batch_size(20_000)}): "
         f"{train_docs_s:,.0f} documents x epochs/s, "
