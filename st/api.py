@@ -28,6 +28,7 @@ from st import records
 from st.encode import Backend, LocalBackend, Summary, corpus_vocabulary, documents_of, encode_documents
 from st.errors import InputError, UsageError
 from st.options import (
+    TOP_WORDS,
     EncodeOptions,
     LMOptions,
     Options,
@@ -312,7 +313,7 @@ class TopicModel:
         k: int = TrainOptions.k,
         *,
         lm: LM | None = None,
-        top_words: int = 15,
+        top_words: int = TOP_WORDS,
         progress: progress_mod.Callback | None = None,
         **options: Any,
     ) -> None:
@@ -329,7 +330,7 @@ class TopicModel:
         training["betas"] = tuple(training["betas"])
         model = TopicModel.__new__(TopicModel)
         model.options = TrainOptions(**training)
-        model.lm, model.top_words, model.progress = lm, 15, None
+        model.lm, model.top_words, model.progress = lm, TOP_WORDS, None
         model.fitted, model.theta_ = fitted, None
         return model
 
@@ -370,7 +371,7 @@ class TopicModel:
             return fitted.theta(model_inputs(documents, fitted.config["training"]["input"]))
         enc = split_options(options, EncodeOptions)[0] if options else EncodeOptions()
         docs = list(documents_of(documents, text_field))
-        lm = self.lm or trained_lm(fitted)
+        lm = self.lm = self.lm or trained_lm(fitted)  # loaded once, kept for the next call
         theta = np.zeros((len(docs), int(fitted.config["training"]["k"])), np.float32)
         with progress_mod.reporting(self.progress):
             chunks = infer(docs, fitted, lambda: lm.model, lm.cache, enc.batch_tokens, enc.lm_batch_size)

@@ -27,6 +27,7 @@ import numpy as np
 from st import __version__, console, records
 from st.errors import InputError, StError, UsageError
 from st.options import (
+    TOP_WORDS,
     DocumentOptions,
     EncodeOptions,
     Flag,
@@ -380,7 +381,9 @@ def _training_rows(input: str | None, store_path: str | None) -> tuple[Any, Any,
     help="Save the model in this folder.  [default: inside the store, as STORE#MODEL-ID]",
 )
 @options(TrainOptions)
-@click.option("--top-words", default=15, show_default=True, type=click.IntRange(min=1), help="Words printed per topic.")
+@click.option(
+    "--top-words", default=TOP_WORDS, show_default=True, type=click.IntRange(min=1), help="Words printed per topic."
+)
 @click.option(
     "--docs", is_flag=True, help="Print one record per document (input record + theta + topic) instead of topics."
 )

@@ -17,6 +17,7 @@ from st.prompt import INSTRUCTION, TEMPLATE
 
 CHUNK_ROWS = 1024
 TEMPERATURE = 3.0  # the published optimum for τ
+TOP_WORDS = 15  # words shown and saved per topic
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from st import progress
 from st.errors import InputError
 from st.models import VAE, FASTopic, GensimLDA, TopicConfig, build
-from st.options import TEMPERATURE, TrainOptions
+from st.options import TEMPERATURE, TOP_WORDS, TrainOptions
 from st.store import Corpus, Store
 
 MODEL_FORMAT = "st-model"
@@ -55,7 +55,7 @@ class Fitted:
         ranking = self.config["training"].get("topic_words", "beta")
         return self.salience if ranking == "salient" and self.salience is not None else self.topic_word()
 
-    def topics(self, top_words: int = 15) -> list[dict[str, Any]]:
+    def topics(self, top_words: int = TOP_WORDS) -> list[dict[str, Any]]:
         weights = self.word_scores()
         out = []
         for i, row in enumerate(weights):
@@ -393,7 +393,11 @@ def drop_checkpoint(store: Corpus, identity: str) -> None:
 
 
 def fit(
-    corpus: Corpus, rows: np.ndarray | None, opts: TrainOptions, output: str | Path | None = None, top_words: int = 15
+    corpus: Corpus,
+    rows: np.ndarray | None,
+    opts: TrainOptions,
+    output: str | Path | None = None,
+    top_words: int = TOP_WORDS,
 ) -> tuple[Fitted, np.ndarray]:
     """Train on `rows` of the corpus (None: all), write θ of every document into it, save the
     model (in `output`, or inside a store), and drop the training checkpoint: the whole of
@@ -441,7 +445,7 @@ def train_lda(store: Corpus, rows: np.ndarray, opts: TrainOptions) -> Fitted:
 # --- saving and loading -------------------------------------------------------------------------
 
 
-def save(model: Fitted, folder: Path, top_words: int = 15) -> None:
+def save(model: Fitted, folder: Path, top_words: int = TOP_WORDS) -> None:
     """Written under a temporary name and renamed into place: a folder that exists is whole."""
     folder = folder.absolute()
     if folder.exists() and not (folder / "config.json").is_file() and any(folder.iterdir()):

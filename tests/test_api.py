@@ -166,3 +166,27 @@ def test_corpora_in_a_store_and_in_memory_agree(tiny_model, cache_dir, tmp_path)
     assert (memory.bow() != stored.bow()).nnz == 0
     embedded = st.embed([d["text"] for d in docs], lm=lm)
     np.testing.assert_array_equal(embedded.array("hidden"), memory.array("hidden"))
+
+
+def test_a_loaded_model_loads_its_lm_once_for_every_transform(store, cache_dir, tmp_path, monkeypatch):
+    import st
+    from st import lm as lm_module
+
+    path, _ = store
+    monkeypatch.setenv("ST_CACHE_DIR", str(cache_dir))
+    corpus = st.open_store(path)
+    model = st.DSL(k=3, epochs=1).fit(corpus, output=tmp_path / "m")
+    loads: list[str] = []
+    real_init = lm_module.LM.__init__
+
+    def init(self, *args, **kwargs):
+        loads.append(str(args[0] if args else kwargs.get("model")))
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(lm_module.LM, "__init__", init)
+    again = st.load(tmp_path / "m")
+    first = again.transform(["apache virtual hosts", "qt widgets"])
+    second = again.transform(["apache virtual hosts"])
+    assert len(loads) == 1
+    np.testing.assert_allclose(second[0], first[0], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(again.transform(corpus), model.theta_, rtol=0, atol=1e-6)
