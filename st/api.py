@@ -25,7 +25,15 @@ import numpy as np
 
 from st import progress as progress_mod
 from st import records
-from st.encode import Backend, LocalBackend, Summary, corpus_vocabulary, documents_of, encode_documents
+from st.encode import (
+    Backend,
+    LocalBackend,
+    Summary,
+    corpus_vocabulary,
+    documents_of,
+    encode_documents,
+    project_vocabulary,
+)
 from st.errors import InputError, UsageError
 from st.options import (
     TOP_WORDS,
@@ -177,19 +185,7 @@ def vocabulary(texts: Documents, *, lm: LM | None = None, text_field: str = "tex
     sub-token with `unique_prefix=True`. Options: those of `st.options.VocabOptions`."""
     (opts,) = split_options(options, VocabOptions)
     words = corpus_vocabulary(documents_of(texts, text_field), opts, "the documents")
-    return project_words(words, lm or LM(), opts.unique_prefix)
-
-
-def project_words(words: list[str], lm: LM, unique_prefix: bool) -> list[str]:
-    from st import vocab as vocab_mod
-
-    tokenizer = lm.tokenizer()
-    projection = vocab_mod.project(words, tokenizer)
-    if projection.collisions:
-        if unique_prefix:
-            return vocab_mod.unique_prefix(words, projection)
-        progress_mod.warn(vocab_mod.collision_report(projection, tokenizer))
-    return words
+    return project_vocabulary((lm or LM()).tokenizer(), words, opts.unique_prefix).words
 
 
 def encode(
@@ -464,6 +460,7 @@ def evaluate(
     labels: Sequence[Any] | None = None,
     metrics: Sequence[str] | str | None = None,
     reference: Iterable[str] | None = None,
+    reference_words: Sequence[Sequence[str]] | None = None,
     top_words: int = 10,
     balanced: int | None = None,
     progress: progress_mod.Callback | None = None,
@@ -471,23 +468,27 @@ def evaluate(
 ) -> dict[str, Any]:
     """`st eval` for one model: coherence (gensim) against `reference` texts (default: the corpus's
     own), diversity, and, with `labels` (default: the corpus records' `label`), clustering and
-    retrieval. Metrics that need labels are left out without them. Options: `divergence`."""
+    retrieval. Metrics that need labels are left out without them. `reference_words`: the reference
+    already tokenized (`st.vocab.tokenize`), to share between models. Options: `divergence`."""
     from st import metrics as ev
     from st import vocab as vocab_mod
 
     (ranking,) = split_options(options, RankingOptions)
     wanted = ev.parse_metrics(",".join(metrics) if isinstance(metrics, (list, tuple)) else metrics)  # type: ignore[arg-type]
+    needs_texts = bool({"npmi", "cv"} & set(wanted)) and reference is None and reference_words is None
+    recs = corpus.records() if labels is None or needs_texts else []  # parsed once for both
     if labels is None:
-        labels = [r.get("label") for r in corpus.records()]
+        labels = [r.get("label") for r in recs]
     elif len(labels) != corpus.rows:
         raise InputError(f"{len(labels)} labels for {corpus.rows} documents")
     has_labels = all(lab is not None for lab in labels)
     if not has_labels and any(m in ev.LABEL_METRICS for m in wanted):
         progress_mod.info("note: not every document has a label; purity, NMI, ARI and P@k are left out")
         wanted = [m for m in wanted if m not in ev.LABEL_METRICS]
-    texts = None
-    if {"npmi", "cv"} & set(wanted):
-        source = corpus.texts() if reference is None else reference
+    texts = reference_words
+    if texts is None and {"npmi", "cv"} & set(wanted):
+        field = corpus.attrs.get("text_field", "text")
+        source = (str(r.get(field, "")) for r in recs) if reference is None else reference
         texts = [vocab_mod.tokenize(t) for t in source]
     gold = np.asarray([str(lab) for lab in labels]) if has_labels else None
     theta = theta_of(model, corpus)

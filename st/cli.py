@@ -235,14 +235,14 @@ def vocab(input: str, **kwargs: Any) -> None:
     probability; they are reported on stderr.
     """
     from st import api
-    from st.encode import corpus_vocabulary
+    from st.encode import corpus_vocabulary, project_vocabulary
 
     docs = take(DocumentOptions, kwargs)
     opts = take(VocabOptions, kwargs)
     lm = api.LM.from_options(take(LMOptions, kwargs))
     name = records.source_name(input)
     words = corpus_vocabulary(records.read_documents(input, docs.text_field, docs.lines), opts, name)
-    words = api.project_words(words, lm, opts.unique_prefix)
+    words = project_vocabulary(lm.tokenizer(), words, opts.unique_prefix).words
     _write([records.dumps(words) + b"\n"])  # type: ignore[arg-type]
 
 
@@ -557,9 +557,19 @@ def eval_command(
     lm_opts = take(LMOptions, kwargs)
     wanted = ev.parse_metrics(metrics)
     store = Store(store_path)
-    texts = None
-    if reference is not None and {"npmi", "cv"} & set(wanted):
-        texts = [d.text for d in records.read_documents(reference) if d.text]
+    from st import vocab as vocab_mod
+
+    # What every model is measured against, read and tokenized once.
+    recs = store.records()
+    labels = [r.get("label") for r in recs]
+    words = None
+    if {"npmi", "cv"} & set(wanted):
+        if reference is not None:
+            texts = [d.text for d in records.read_documents(reference) if d.text]
+        else:
+            field = store.attrs.get("text_field", "text")
+            texts = [str(r.get(field, "")) for r in recs]
+        words = [vocab_mod.tokenize(t) for t in texts]
     results = []
     rating_lm = None
     for spec in model_specs:
@@ -572,8 +582,9 @@ def eval_command(
         row = api.evaluate(
             model,
             store,
+            labels=labels,
             metrics=wanted,
-            reference=texts,
+            reference_words=words,
             top_words=top_words,
             balanced=balanced,
             divergence=ranking.divergence,

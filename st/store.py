@@ -96,10 +96,6 @@ class Corpus(abc.ABC):
 
         return [parse_object(str(r), self.name, i) for i, r in enumerate(self.array("records"))]
 
-    def texts(self) -> list[str]:
-        field = self.attrs.get("text_field", "text")
-        return [str(r.get(field, "")) for r in self.records()]
-
     def theta(self, model_id: str) -> np.ndarray | None:
         key = f"theta/{model_id}"
         return self.array(key) if key in self else None
