@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+import readme  # bench/readme.py
 import torch
 
 from st.cache import Cache
@@ -378,10 +379,7 @@ def main() -> None:
     if args.out:
         args.out.write_text(text + "\n")
     if args.readme:
-        readme = args.readme.read_text()
-        start, end = "<!-- bench:start -->", "<!-- bench:end -->"
-        head, rest = readme.split(start, 1)
-        args.readme.write_text(head + start + "\n" + text + "\n" + end + rest.split(end, 1)[1])
+        readme.put(args.readme, "bench", text)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ import argparse
 import collections
 import concurrent.futures
 import os
-import re
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import orjson
+import readme  # bench/readme.py
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -300,12 +300,7 @@ def main() -> None:
     Path(args.out).write_text(head + "\n" + text + "\n")
     print(head + "\n" + text)
     if args.readme:
-        readme = Path(args.readme)
-        body = readme.read_text()
-        pattern = re.compile(r"(<!-- quality:start -->\n).*?(<!-- quality:end -->)", re.S)
-        if not pattern.search(body):
-            sys.exit("README has no <!-- quality:start --> / <!-- quality:end --> markers")
-        readme.write_text(pattern.sub(lambda m: m.group(1) + head + "\n" + text + "\n" + m.group(2), body))
+        readme.put(Path(args.readme), "quality", head + "\n" + text)
     if failed:
         sys.exit(f"{len(failed)} runs failed (see above)")
 
