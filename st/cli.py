@@ -41,7 +41,8 @@ from st.options import (
     VocabOptions,
     fields,
 )
-from st.progress import reporting, warn
+from st.progress import info, reporting, warn
+from st.report_page import MAP_DOCUMENTS
 
 F = Callable[..., Any]
 
@@ -421,17 +422,22 @@ def _with_theta(rec: dict[str, Any], t: np.ndarray) -> bytes:
     return records.dumps({**rec, "theta": [round(float(v), 6) for v in t], "topic": int(t.argmax())}) + b"\n"
 
 
-def _topic_table(topics: list[dict[str, Any]]) -> None:
-    if console.quiet() or not console.err.is_terminal:
+def _topic_table(topics: list[dict[str, Any]], title: str = "topics", stdout: bool = False) -> None:
+    """The topics (with their names, once named) as a table on stderr, or on stdout when it is the data."""
+    if not stdout and (console.quiet() or not console.err.is_terminal):
         return
+    from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="topics", show_lines=False)
+    table = Table(title=title, show_lines=False)
     table.add_column("#", justify="right")
+    named = any("name" in t for t in topics)
+    if named:
+        table.add_column("name")
     table.add_column("top words")
     for t in topics:
-        table.add_row(str(t["topic"]), " ".join(t["words"][:10]))
-    console.err.print(table)
+        table.add_row(str(t["topic"]), *([t.get("name", "")] if named else []), " ".join(t["words"][:10]))
+    (Console(file=sys.stdout, width=200) if stdout else console.err).print(table)
 
 
 def _model_and_lm(model_spec: str, kwargs: dict[str, Any]) -> Any:
@@ -570,15 +576,15 @@ def eval_command(
             field = store.attrs.get("text_field", "text")
             texts = [str(r.get(field, "")) for r in recs]
         words = [vocab_mod.tokenize(t) for t in texts]
+    from st.train import save_metrics
+
     results = []
+    named = []
     rating_lm = None
     for spec in model_specs:
         model = api.load(spec)
         if f"theta/{model.id}" not in store:
-            raise InputError(
-                f"the store has no θ for model {model.id}; train the model on this store first (`st train --store`)",
-                store_path,
-            )
+            raise api.no_theta(model, store)
         row = api.evaluate(
             model,
             store,
@@ -593,15 +599,21 @@ def eval_command(
             if rating_lm is None:
                 rating_lm = api.LM(rater, cache_dir=lm_opts.cache_dir, trust_remote_code=lm_opts.trust_remote_code)
             row["llm_rating"] = api.rate(model, rating_lm, top_words)
+        save_metrics(model._trained(), store_path, row)
+        if model.names:
+            row["topic_names"] = model.names
+            named.append(model)
         results.append(row)
     _eval_output(results, fmt)
+    for model in named:
+        _topic_table(model.topic_records(), f"topics of {model.id}", stdout=fmt == "table")
 
 
 def _eval_output(results: list[dict[str, Any]], fmt: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    columns = [c for c in results[0] if c not in ("model",)]
+    columns = [c for c in results[0] if c not in ("model", "topic_names")]
     table = Table(title="st eval")
     table.add_column("model")
     for c in columns:
@@ -663,10 +675,122 @@ def search(
     out = []
     for h in hits:
         text = str(h.record.get(field, ""))
-        hit = {"id": h.id, "score": round(h.score, 6), "topic": h.topic, "text": text[:snippet] if snippet else text}
+        hit: dict[str, Any] = {"id": h.id, "score": round(h.score, 6), "topic": h.topic}
+        if h.topic_name is not None:
+            hit["topic_name"] = h.topic_name
+        hit["text"] = text[:snippet] if snippet else text
         hit.update({k: v for k, v in h.record.items() if k not in hit and k != field})
         out.append(hit)
     _print_records(out)
+
+
+def _model_and_store(model_spec: str, store_path: str | None, why: str) -> tuple[Any, Any]:
+    """The topic model and its store: `--store`, or the store a STORE#MODEL-ID points into."""
+    from st import api
+    from st.store import Store
+    from st.train import load
+
+    fitted, store = load(model_spec)
+    if store_path is not None:
+        store = Store(store_path)
+    if store is None:
+        raise UsageError(f"give --store: {why}")
+    return api.TopicModel._from_fitted(fitted), store
+
+
+store_of_model_option = click.option(
+    "--store",
+    "store_path",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="The store the model was trained on.  [default: the store of a STORE#MODEL-ID]",
+)
+
+
+@cli.command()
+@topic_model_option
+@store_of_model_option
+@click.option(
+    "--template",
+    "name_template",
+    default=None,
+    metavar="TEXT|@FILE",
+    help="The request sent to the LM, with {words} and {documents}.  [default: a fixed few-shot chat]",
+)
+@click.option(
+    "--documents",
+    default=3,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Representative documents shown to the LM per topic.",
+)
+@options(LMOptions, deprecated=False)
+@quiet_option
+def label(model_spec: str, store_path: str | None, name_template: str | None, documents: int, **kwargs: Any) -> None:
+    """Name each topic (2-5 words) with an LM that reads its top words and representative documents.
+
+    Greedy decoding through the shared LM cache (a second run costs nothing). The names are saved
+    in the model folder (topics.json) and show up in the topics JSONL, `st eval`, `st search` and
+    `st report`. Prints the topics JSONL with a "name" each.
+    """
+    from st import api
+
+    lm = api.LM.from_options(take(LMOptions, kwargs))
+    model, store = _model_and_store(model_spec, store_path, "the names are written from the topics' documents")
+    template = None if name_template is None else CONVERT["template"](name_template)
+    model.name_topics(store, lm=lm, template=template, documents=documents)
+    topics = model.topic_records()
+    _topic_table(topics)
+    _print_records(topics)
+
+
+@cli.command()
+@topic_model_option
+@store_of_model_option
+@click.option(
+    "-o",
+    "--output",
+    "page",
+    required=True,
+    type=click.Path(dir_okay=False, allow_dash=False),
+    help="The HTML file to write (self-contained: it opens offline).",
+)
+@click.option("--eval", "measure", is_flag=True, help="Measure the model now (st eval's metrics) for the overview.")
+@click.option("--png", default=None, type=click.Path(file_okay=False), help="Also write each chart as a PNG in DIR.")
+@click.option(
+    "--map-documents",
+    default=MAP_DOCUMENTS,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Documents drawn on the document map (a random sample above this; stated on the page).",
+)
+@click.option(
+    "--map-input",
+    type=click.Choice(["theta", "hidden"]),
+    default="theta",
+    show_default=True,
+    help="What the document map projects: θ, or the LM's hidden states.",
+)
+@quiet_option
+def report(
+    model_spec: str,
+    store_path: str | None,
+    page: str,
+    measure: bool,
+    png: str | None,
+    map_documents: int,
+    map_input: str,
+) -> None:
+    """A self-contained HTML report: names, sizes, top words and documents, an intertopic distance
+    map, a document map, topic similarity, a topic hierarchy and, with gold labels, topics × labels."""
+    from st import api
+
+    model, store = _model_and_store(model_spec, store_path, "the report draws the model's documents")
+    out = Path(page)
+    if not out.parent.is_dir():
+        raise InputError("cannot write there (no such folder)", page)
+    api.report(model, store, output=out, measure=measure, png=png, map_documents=map_documents, map_input=map_input)
+    info(f"report written to {out.absolute()}")
 
 
 @cli.command()

@@ -39,6 +39,8 @@ class Fitted:
     config: dict[str, Any]
     vocab: list[str]
     salience: np.ndarray | None = None  # K x V, see `salience`
+    names: list[str] | None = None  # written by `st label` (st.naming), kept in topics.json
+    folder: Path | None = None  # where it was saved or loaded from
 
     @property
     def id(self) -> str:
@@ -60,9 +62,11 @@ class Fitted:
         out = []
         for i, row in enumerate(weights):
             top = np.argsort(-row, kind="stable")[:top_words].tolist()
-            out.append(
-                {"topic": i, "words": [self.vocab[j] for j in top], "weights": [round(float(row[j]), 6) for j in top]}
-            )
+            rec: dict[str, Any] = {"topic": i}
+            if self.names is not None:
+                rec["name"] = self.names[i]
+            rec.update(words=[self.vocab[j] for j in top], weights=[round(float(row[j]), 6) for j in top])
+            out.append(rec)
         return out
 
     def theta(self, x: np.ndarray, batch: int = 4096) -> np.ndarray:
@@ -462,6 +466,70 @@ def save(model: Fitted, folder: Path, top_words: int = TOP_WORDS) -> None:
         os.rename(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    model.folder = folder
+
+
+def save_names(model: Fitted, top_words: int = TOP_WORDS) -> None:
+    """Rewrite the model folder's topics.json with the names (the weights are left as they are)."""
+    if model.folder is None:
+        return
+    path = model.folder / "topics.json"
+    try:
+        saved = json.loads(path.read_text())
+        top_words = len(saved[0]["words"]) if saved else top_words
+    except (OSError, ValueError, LookupError, TypeError):
+        pass
+    tmp = path.with_name(f".topics-{os.getpid()}.json")
+    try:
+        tmp.write_text(json.dumps(model.topics(top_words), ensure_ascii=False, indent=1))
+        os.replace(tmp, path)
+    except OSError as e:
+        why = e.strerror or e
+        raise InputError(f"cannot write the names into the model folder ({why})", str(model.folder)) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_metrics(model: Fitted, corpus: str, row: dict[str, Any]) -> None:
+    """Keep `st eval`'s measurements in the model folder (metrics.json, by corpus) for `st report`;
+    a folder that cannot be written is left alone: the measurements were printed anyway."""
+    if model.folder is None:
+        return
+    path = model.folder / "metrics.json"
+    try:
+        saved = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        saved = {}
+    key = str(Path(corpus).absolute())
+    saved[key] = {**saved.get(key, {}), **row}  # measured in parts (--metrics) add up
+    tmp = path.with_name(f".metrics-{os.getpid()}.json")
+    try:
+        tmp.write_text(json.dumps(saved, ensure_ascii=False, indent=1))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def saved_metrics(model: Fitted, corpus: str) -> dict[str, Any] | None:
+    if model.folder is None:
+        return None
+    try:
+        saved = json.loads((model.folder / "metrics.json").read_text())
+        return dict(saved[str(Path(corpus).absolute())])
+    except (OSError, ValueError, LookupError, TypeError):
+        return None
+
+
+def saved_names(folder: Path, k: int) -> list[str] | None:
+    """The names in a model folder's topics.json, if every topic has one."""
+    try:
+        saved = json.loads((folder / "topics.json").read_text())
+        names = [str(t["name"]) for t in saved]
+    except (OSError, ValueError, LookupError, TypeError):
+        return None
+    return names if len(names) == k else None
 
 
 def load(spec: str) -> tuple[Fitted, Store | None]:
@@ -502,4 +570,6 @@ def load(spec: str) -> tuple[Fitted, Store | None]:
     except Exception as e:  # safetensors, torch and OS errors all mean the same here
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f"missing or damaged model.safetensors ({first}); train it again", spec) from None
-    return Fitted(model, config, vocab, None if salient is None else salient.numpy()), store
+    k = int(config["training"]["k"])
+    fitted = Fitted(model, config, vocab, None if salient is None else salient.numpy(), saved_names(folder, k), folder)
+    return fitted, store

@@ -166,6 +166,8 @@ def test_reliability_damaged_stores_and_models_for_every_reader(trained, cache_d
         ["infer", "-m", str(broken), str(EXAMPLES)],
         ["eval", "--store", str(store), "-m", str(broken)],
         ["search", "--store", str(store), "-m", str(broken), "--topic", "0"],
+        ["label", "--store", str(store), "-m", str(broken)],
+        ["report", "--store", str(store), "-m", str(broken), "-o", str(tmp_path / "r.html")],
     ):
         assert_one_clear_line(run_st(args, cache_dir), 2, "model.safetensors")
     (broken / "model.safetensors").unlink()
