@@ -33,6 +33,7 @@ from st.encode import (
     documents_of,
     encode_documents,
     project_vocabulary,
+    projector,
 )
 from st.errors import InputError, UsageError
 from st.options import (
@@ -51,6 +52,7 @@ from st.store import Corpus, Store
 if TYPE_CHECKING:
     from st import lm as lm_mod
     from st.cache import LMCache
+    from st.known import Known
     from st.train import Fitted
 
 Documents = Iterable[str] | Iterable[dict[str, Any]] | Iterable[str | dict[str, Any]]
@@ -142,6 +144,16 @@ class LM:
         return self._model
 
     @property
+    def known(self) -> Known | None:
+        """The LM as recorded when it was last loaded here (`st.known`), while it is not loaded."""
+        if self._model is not None:
+            return None
+        from st.known import Known
+
+        o = self.options
+        return Known.find(o.lm, o.device, o.dtype, self.models_dir)
+
+    @property
     def identity(self) -> dict[str, str]:
         return self.model.identity
 
@@ -162,7 +174,7 @@ class LM:
                 o.lm, o.device, o.dtype, str(self.models_dir.absolute()), self.cache_spec, o.trust_remote_code
             )
             return RayBackend(spec, ray)
-        return LocalBackend(lambda: self.model, self.cache)
+        return LocalBackend(lambda: self.model, self.cache, lambda: self.known, self.tokenizer)
 
     def __repr__(self) -> str:
         return f"st.LM({self.options.lm or 'embedded SmolLM2-135M-Instruct'!s}, device={self.options.device})"
@@ -185,7 +197,7 @@ def vocabulary(texts: Documents, *, lm: LM | None = None, text_field: str = "tex
     sub-token with `unique_prefix=True`. Options: those of `st.options.VocabOptions`."""
     (opts,) = split_options(options, VocabOptions)
     words = corpus_vocabulary(documents_of(texts, text_field), opts, "the documents")
-    return project_vocabulary((lm or LM()).tokenizer(), words, opts.unique_prefix).words
+    return project_vocabulary(projector((lm or LM()).tokenizer()), words, opts.unique_prefix).words
 
 
 def encode(

@@ -236,14 +236,14 @@ def vocab(input: str, **kwargs: Any) -> None:
     probability; they are reported on stderr.
     """
     from st import api
-    from st.encode import corpus_vocabulary, project_vocabulary
+    from st.encode import corpus_vocabulary, project_vocabulary, projector
 
     docs = take(DocumentOptions, kwargs)
     opts = take(VocabOptions, kwargs)
     lm = api.LM.from_options(take(LMOptions, kwargs))
     name = records.source_name(input)
     words = corpus_vocabulary(records.read_documents(input, docs.text_field, docs.lines), opts, name)
-    words = project_vocabulary(lm.tokenizer(), words, opts.unique_prefix).words
+    words = project_vocabulary(projector(lm.tokenizer()), words, opts.unique_prefix).words
     _write([records.dumps(words) + b"\n"])  # type: ignore[arg-type]
 
 

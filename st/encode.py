@@ -28,6 +28,7 @@ from st.store import Corpus, HiddenWriter, MemoryWriter, Store, StoreWriter, emb
 
 if TYPE_CHECKING:  # importing torch takes seconds; bad input should fail before that
     from st.encoder import Encoder
+    from st.known import Known
     from st.lm import LM, WholeWords
 
 
@@ -118,15 +119,23 @@ def corpus_vocabulary(docs: Iterable[records.Document], opts: VocabOptions, name
     return words
 
 
-def project_vocabulary(tokenizer: Any, words: list[str], unique_prefix: bool, whole_words: int = 0) -> Vocabulary:
-    projection = vocab.project(words, tokenizer)
+Projector = Callable[[list[str]], vocab.Projection]
+
+
+def projector(tokenizer: Any) -> Projector:
+    return lambda words: vocab.project(words, tokenizer)
+
+
+def project_vocabulary(project: Projector, words: list[str], unique_prefix: bool, whole_words: int = 0) -> Vocabulary:
+    """The vocabulary's words where the LM reads them (`project`: words to their sub-tokens)."""
+    projection = project(words)
     if projection.collisions:
         if unique_prefix:
             words = vocab.unique_prefix(words, projection)
-            projection = vocab.project(words, tokenizer)
+            projection = project(words)
             progress.info(f"--unique-prefix: kept {len(words)} words, one per first sub-token")
         elif not whole_words:
-            progress.warn(vocab.collision_report(projection, tokenizer))
+            progress.warn(vocab.collision_report(projection))
     whole = None
     if whole_words:
         from st.lm import WholeWords
@@ -142,8 +151,8 @@ class Backend(Protocol):
     hidden_size: int
     documents_computed: int  # cache misses that went through the LM
 
-    def start(self) -> Any:
-        """Loads what encoding needs and returns the LM's tokenizer."""
+    def start(self) -> Projector:
+        """Loads what encoding needs; returns how the LM's tokenizer projects words."""
 
     def encode(
         self,
@@ -157,19 +166,46 @@ class Backend(Protocol):
 class LocalBackend:
     """The LM in this process."""
 
-    def __init__(self, load_lm: Callable[[], LM], cache: LMCache) -> None:
+    def __init__(
+        self,
+        load_lm: Callable[[], LM],
+        cache: LMCache,
+        known: Callable[[], Known | None] | None = None,
+        tokenizer: Callable[[], Any] | None = None,
+    ) -> None:
         self.load_lm, self.cache = load_lm, cache
+        self.known, self.tokenizer = known, tokenizer
         self.identity: dict[str, str] = {}
         self.hidden_size = 0
         self.documents_computed = 0
 
-    def start(self) -> Any:
+    def start(self) -> Projector:
+        """With the LM's facts recorded (`st.known`), nothing is loaded until a document misses the
+        cache: a fully cached run imports neither torch nor transformers."""
         from st.encoder import Encoder
 
-        self.lm = self.load_lm()
-        self.encoder = Encoder(self.lm, self.cache)
-        self.identity, self.hidden_size = self.lm.identity, self.lm.hidden_size
-        return self.lm.tokenizer
+        view = self.known() if self.known else None
+        self.encoder = Encoder(view or self.load_lm(), self.cache, self.load_lm)
+        self.identity, self.hidden_size = self.encoder.lm.identity, self.encoder.lm.hidden_size
+        return self.project
+
+    def project(self, words: list[str]) -> vocab.Projection:
+        """Recorded in the LM's facts, so that a later run projects without a tokenizer."""
+        from st.known import Known, facts_dir, record_projection
+
+        view, fingerprint = self.encoder.lm, vocab.fingerprint(words)
+        if isinstance(view, Known):
+            found = vocab.Projection.from_json(words, view.projection(fingerprint))
+            if found is not None:
+                return found
+            tokenizer = self.tokenizer() if self.tokenizer else self.load_lm().tokenizer
+            projection = vocab.project(words, tokenizer)
+            record_projection(view.facts, fingerprint, projection.to_json())
+            return projection
+        projection = vocab.project(words, view.tokenizer)
+        if view.device.type == "cpu":
+            record_projection(facts_dir(view.cache_dir, view.identity), fingerprint, projection.to_json())
+        return projection
 
     def encode(
         self,
@@ -179,9 +215,9 @@ class LocalBackend:
         advance: Callable[[int], None],
     ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         for texts in chunks:
-            before = self.lm.documents_computed
+            before = self.encoder.documents_computed
             result = encode_chunk(self.encoder, texts, vocabulary, opts, advance)
-            self.documents_computed += self.lm.documents_computed - before
+            self.documents_computed += self.encoder.documents_computed - before
             yield result
 
 
@@ -245,12 +281,12 @@ def encode_documents(
     first = next(chunks, None)
     if first is None:
         raise InputError("no documents (the input is empty or has only empty texts)", name)
-    tokenizer = backend.start()
+    project = backend.start()
     vocabulary = None
     if labels is not None:
         if words is None:
             raise InputError("soft labels need a vocabulary")
-        vocabulary = project_vocabulary(tokenizer, list(words), unique_prefix, labels.whole_words)
+        vocabulary = project_vocabulary(project, list(words), unique_prefix, labels.whole_words)
     pending: deque[list[records.Document]] = deque()
 
     def texts() -> Iterator[list[str]]:

@@ -16,22 +16,35 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from st.cache import LMCache
 from st.errors import StError
-from st.lm import Batch, WholeWords, make_batches
 from st.prompt import Prompt
 
 if TYPE_CHECKING:
-    from st.lm import LM
+    from st.known import Known
+    from st.lm import LM, WholeWords
 
 
 class Encoder:
-    """Documents to hidden states (and logits over a vocabulary) through `lm`, each computed once."""
+    """Documents to hidden states (and logits over a vocabulary) through an LM, each computed once.
 
-    def __init__(self, lm: LM, cache: LMCache) -> None:
+    `lm` answers for the model (identity, head); it may be the loaded LM or, when the facts are
+    recorded, `st.known.Known`, and then `load` gives the loaded LM for the documents the cache
+    lacks: torch and the weights are only loaded for those."""
+
+    def __init__(self, lm: LM | Known, cache: LMCache, load: Callable[[], LM] | None = None) -> None:
         self.lm, self.cache = lm, cache
+        self._load = load
+        self.documents_computed = 0  # documents that went through the LM (cache misses)
+
+    def model(self) -> LM:
+        from st.lm import LM
+
+        if isinstance(self.lm, LM):
+            return self.lm
+        assert self._load is not None, "a Known LM needs a loader"
+        return self._load()
 
     def namespace(self, prompt: Prompt, max_tokens: int, kind: str) -> bytes:
         """The cache's key space for one LM, prompt, max tokens and kind of output."""
@@ -80,9 +93,14 @@ class Encoder:
         if on_batch:
             on_batch(len(texts) - len(missing))
         if missing:
-            token_ids = self.lm.tokenize_prompts([texts[i] for i in missing], prompt, max_tokens)
-            budget = batch_tokens or self.lm.default_batch_tokens()
-            prefix = self.lm._prefix(prompt) if not logit_keys or whole else None
+            import torch
+
+            from st.lm import Batch, make_batches
+
+            lm = self.model()
+            token_ids = lm.tokenize_prompts([texts[i] for i in missing], prompt, max_tokens)
+            budget = batch_tokens or lm.default_batch_tokens()
+            prefix = lm._prefix(prompt) if not logit_keys or whole else None
             # Prompts that start with the shared prefix's tokens reuse its key/value cache and compute
             # only the rest; any other prompt (a tokenizer that merges across the boundary) runs whole.
             groups: list[tuple[list[int], list[list[int]], bool]] = []
@@ -98,20 +116,21 @@ class Encoder:
             batches = [
                 (batch, [where[r] for r in batch.rows], prefixed)
                 for where, ids, prefixed in groups
-                for batch in make_batches(ids, self.lm.pad_id, budget, batch_size or 10**9)
+                for batch in make_batches(ids, lm.pad_id, budget, batch_size or 10**9)
             ]
             for batch, rows_in_missing, prefixed in batches:
                 full = None
                 if whole:
                     assert whole_words is not None
-                    h, word_logp = self.lm._whole_word_logits(batch, prefix if prefixed else None, whole_words)
+                    h, word_logp = lm._whole_word_logits(batch, prefix if prefixed else None, whole_words)
                 elif logit_keys:  # logits that the head alone does not give: one pass of the whole model
-                    h, full = self.lm._hidden_and_logits(batch)
+                    h, full = lm._hidden_and_logits(batch)
                 else:
-                    h = self.lm._forward(batch, prefix if prefixed else None)
+                    h = lm._forward(batch, prefix if prefixed else None)
                 batch = Batch(rows_in_missing, batch.input_ids, batch.attention_mask, batch.position_ids)
-                self.lm.documents_computed += len(batch.rows)
-                self.lm.tokens_computed += int(batch.attention_mask.sum())
+                lm.documents_computed += len(batch.rows)
+                lm.tokens_computed += int(batch.attention_mask.sum())
+                self.documents_computed += len(batch.rows)
                 entries = {keys[missing[r]]: v for r, v in zip(batch.rows, h.float().cpu().numpy(), strict=True)}
                 found.update(entries)
                 if logit_keys:
@@ -119,7 +138,7 @@ class Encoder:
                         full = word_logp
                     else:
                         assert full is not None
-                        full = full[:, torch.as_tensor(vocab_token_ids, device=self.lm.device)]
+                        full = full[:, torch.as_tensor(vocab_token_ids, device=lm.device)]
                     rows = zip(batch.rows, full.float().cpu().numpy(), strict=True)
                     found_logits.update({logit_keys[missing[r]]: v for r, v in rows})
                     entries.update({k: found_logits[k] for k in (logit_keys[missing[r]] for r in batch.rows)})
@@ -132,7 +151,8 @@ class Encoder:
         if logit_keys:
             return hidden, np.stack([found_logits[k] for k in logit_keys]).astype(np.float32, copy=False)
         assert vocab_token_ids is not None
-        w, b = self.lm.vocab_head(vocab_token_ids)
+        head = self.lm.vocab_head(vocab_token_ids)
+        w, b = head if head is not None else self.model().vocab_head(vocab_token_ids)
         # In float64 the rounded result no longer depends on how rows are grouped into matrix
         # products, so a document's logits are the same in any run, chunk or order.
         logits = hidden.astype(np.float64) @ w.T.astype(np.float64)

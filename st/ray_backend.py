@@ -28,7 +28,7 @@ import numpy as np
 import orjson
 
 from st import progress
-from st.encode import Vocabulary, encode_chunk
+from st.encode import Projector, Vocabulary, encode_chunk, projector
 from st.errors import StError
 from st.options import EncodeOptions, RayOptions
 
@@ -116,7 +116,7 @@ class RayBackend:
 
         return dtype_name(self.spec.dtype, "cuda" if self.options.gpus_per_worker > 0 else "cpu")
 
-    def start(self) -> Any:
+    def start(self) -> Projector:
         from transformers import AutoConfig
 
         from st.lm import load_tokenizer, local_folder, resolve
@@ -152,7 +152,7 @@ class RayBackend:
                     where = self.options.ray_address or "a local Ray instance"
                     raise StError(f"cannot start or reach {where}: {str(e).splitlines()[0]}") from None
             self.started_ray = True
-        return tokenizer
+        return projector(tokenizer)
 
     def _workers(self, ray: Any) -> int:
         if self.options.workers:

@@ -13,6 +13,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import orjson
@@ -100,28 +101,50 @@ class Projection:
     token_ids: np.ndarray  # (V,) first sub-token of " " + word
     collisions: dict[int, list[str]]  # token id -> the words (2 or more) that share it
     tokens: list[list[int]]  # each word's sub-tokens
+    pieces: dict[int, str]  # each shared token's text, for the report
 
     @property
     def n_colliding_words(self) -> int:
         return sum(len(ws) for ws in self.collisions.values())
 
+    @classmethod
+    def of(cls, words: Sequence[str], tokens: list[list[int]], pieces: dict[int, str]) -> Projection:
+        ids = np.asarray([t[0] for t in tokens], dtype=np.int64)
+        groups: dict[int, list[str]] = {}
+        for word, t in zip(words, ids.tolist(), strict=True):
+            groups.setdefault(t, []).append(word)
+        collisions = {t: ws for t, ws in groups.items() if len(ws) > 1}
+        return cls(ids, collisions, tokens, {t: pieces[t] for t in collisions})
+
+    def to_json(self) -> dict[str, Any]:
+        return {"tokens": self.tokens, "pieces": {str(t): p for t, p in self.pieces.items()}}
+
+    @classmethod
+    def from_json(cls, words: Sequence[str], value: Any) -> Projection | None:
+        """A projection recorded for these words; None when it does not fit them."""
+        try:
+            tokens = [[int(t) for t in ts] for ts in value["tokens"]]
+            pieces = {int(t): str(p) for t, p in value["pieces"].items()}
+            if len(tokens) != len(words) or not all(tokens):
+                return None
+            return cls.of(words, tokens, pieces)
+        except (KeyError, TypeError, ValueError):
+            return None
+
 
 def project(words: Sequence[str], tokenizer) -> Projection:  # a transformers tokenizer
     encoded = tokenizer([" " + w for w in words], add_special_tokens=False)["input_ids"]
-    ids = np.empty(len(words), dtype=np.int64)
     tokens = []
-    for i, (word, toks) in enumerate(zip(words, encoded, strict=True)):
+    for word, toks in zip(words, encoded, strict=True):
         # SentencePiece tokenizers may emit a bare space piece first; it says nothing about the word.
         while len(toks) > 1 and not tokenizer.decode(toks[:1]).strip():
             toks = toks[1:]
         if not toks:
             raise InputError(f"the LM tokenizer gives no token for the word {word!r}")
-        ids[i] = toks[0]
         tokens.append(list(toks))
-    groups: dict[int, list[str]] = {}
-    for word, t in zip(words, ids.tolist(), strict=True):
-        groups.setdefault(t, []).append(word)
-    return Projection(ids, {t: ws for t, ws in groups.items() if len(ws) > 1}, tokens)
+    firsts = {t[0] for t in tokens}
+    projection = Projection.of(words, tokens, {t: "" for t in firsts})
+    return Projection.of(words, tokens, {t: tokenizer.decode([t]) for t in projection.collisions})
 
 
 def unique_prefix(words: Sequence[str], projection: Projection) -> list[str]:
@@ -130,10 +153,10 @@ def unique_prefix(words: Sequence[str], projection: Projection) -> list[str]:
     return [w for w in words if w not in drop]
 
 
-def collision_report(projection: Projection, tokenizer, examples: int = 3) -> str:
+def collision_report(projection: Projection, examples: int = 3) -> str:
     groups = sorted(projection.collisions.items(), key=lambda kv: -len(kv[1]))
     shown = "; ".join(
-        f"{tokenizer.decode([t])!r}: {', '.join(ws[:6])}{', ...' if len(ws) > 6 else ''}" for t, ws in groups[:examples]
+        f"{projection.pieces[t]!r}: {', '.join(ws[:6])}{', ...' if len(ws) > 6 else ''}" for t, ws in groups[:examples]
     )
     return (
         f"{projection.n_colliding_words} words share {len(groups)} first sub-tokens and so get identical "

@@ -332,7 +332,7 @@ def test_whole_word_probabilities_match_transformers(top, tiny_model, cache_dir)
 )
 def test_dtype_auto_follows_the_cpus_bfloat16_units(flags, fast, tmp_path, monkeypatch):
     """`--dtype auto` on CPU: bfloat16 exactly where the kernel reports AMX-BF16 or AVX-512 BF16."""
-    from st import lm as lm_module
+    from st import lm_files as lm_module
 
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(
