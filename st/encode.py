@@ -198,7 +198,7 @@ class LocalBackend:
             found = vocab.Projection.from_json(words, view.projection(fingerprint))
             if found is not None:
                 return found
-            tokenizer = self.tokenizer() if self.tokenizer else self.load_lm().tokenizer
+            tokenizer = view.tokenizer() or (self.tokenizer() if self.tokenizer else self.load_lm().tokenizer)
             projection = vocab.project(words, tokenizer)
             record_projection(view.facts, fingerprint, projection.to_json())
             return projection

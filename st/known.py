@@ -21,7 +21,7 @@ import numpy as np
 
 from st.lm_files import ModelSource, dtype_name, resolve
 
-FACTS_VERSION = 1
+FACTS_VERSION = 2
 GPU_DEVICES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia/version", "/dev/kfd", "/dev/dxg")
 
 
@@ -86,6 +86,43 @@ def read_head(folder: Path, head: dict[str, Any], token_ids: np.ndarray, dtype: 
     return w, b
 
 
+# Words whose projection must agree between transformers' tokenizer and tokenizer.json read alone
+# before the latter is trusted: plain, capitalised, hyphenated, digits, accents, CJK, rare pieces.
+PROBE = (
+    "the topic javascript jquery haskell Oracle SQL c++ c# .net node.js x86_64 e-mail 2024 naïve café "
+    "straße Москва 東京 emoji🙂 qtwebkit nstableview don't U.S. well-known ß ŉ ﬁ tab\tword"
+).split(" ")
+
+
+class FastTokenizer:
+    """A model's tokenizer.json through the tokenizers library alone (no transformers), with the
+    two calls `st.vocab.project` makes."""
+
+    def __init__(self, path: Path) -> None:
+        from tokenizers import Tokenizer
+
+        self.tokenizer = Tokenizer.from_file(str(path))
+
+    def __call__(self, texts: list[str], add_special_tokens: bool = True) -> dict[str, list[list[int]]]:
+        encoded = self.tokenizer.encode_batch(list(texts), add_special_tokens=add_special_tokens)
+        return {"input_ids": [e.ids for e in encoded]}
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+
+def same_projection(tokenizer: Any, folder: Path) -> bool:
+    """Whether tokenizer.json alone projects words as the loaded tokenizer does."""
+    from st import vocab
+
+    try:
+        fast = vocab.project(list(PROBE), FastTokenizer(folder / "tokenizer.json"))
+        slow = vocab.project(list(PROBE), tokenizer)
+    except Exception:  # no tokenizer.json, or one the library cannot read
+        return False
+    return fast.tokens == slow.tokens and fast.pieces == slow.pieces
+
+
 @dataclass
 class Known:
     """What the encoder asks of an LM when every document is cached (`st.lm.LM` answers the same)."""
@@ -97,6 +134,7 @@ class Known:
     folder: Path
     head: dict[str, Any] | None  # {"file", "tensor", "bias"}: where the output head's rows are
     facts: Path
+    fast_tokenizer: bool = False  # tokenizer.json alone projects words as transformers does
 
     @classmethod
     def find(cls, model: str | None, device: str, dtype: str, cache_dir: Path) -> Known | None:
@@ -115,7 +153,14 @@ class Known:
         if not (folder / "config.json").is_file():
             return None
         return cls(
-            source, identity, int(facts["hidden_size"]), bool(facts["head_is_exact"]), folder, facts.get("head"), where
+            source,
+            identity,
+            int(facts["hidden_size"]),
+            bool(facts["head_is_exact"]),
+            folder,
+            facts.get("head"),
+            where,
+            bool(facts.get("fast_tokenizer")),
         )
 
     def vocab_head(self, token_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray | None] | None:
@@ -125,6 +170,13 @@ class Known:
         try:
             return read_head(self.folder, self.head, token_ids, self.identity["dtype"])
         except Exception:  # a file changed under us: the loaded model will answer
+            return None
+
+    def tokenizer(self) -> FastTokenizer | None:
+        """What projects a new vocabulary without transformers, where that was checked to agree."""
+        try:
+            return FastTokenizer(self.folder / "tokenizer.json") if self.fast_tokenizer else None
+        except Exception:
             return None
 
     def projection(self, fingerprint: str) -> Any:
@@ -145,6 +197,7 @@ def record(
     bias_names: list[str],
     rows: int,
     loaded_rows: Any,
+    tokenizer: Any = None,
 ) -> None:
     """Written by the loaded LM once per identity. `names`: what the head's weight may be called in
     the files (tied weights have several names; the files keep one). The location is kept only when
@@ -170,7 +223,13 @@ def record(
                 break
         if head is not None:
             break
-    facts = {"identity": identity, "hidden_size": hidden_size, "head_is_exact": head_is_exact, "head": head}
+    facts = {
+        "identity": identity,
+        "hidden_size": hidden_size,
+        "head_is_exact": head_is_exact,
+        "head": head,
+        "fast_tokenizer": tokenizer is not None and same_projection(tokenizer, folder),
+    }
     write_json(facts_dir(cache_dir, identity) / "lm.json", facts)
 
 

@@ -431,6 +431,7 @@ class LM:
             bias_names,
             int(self.head.weight.shape[0]),
             self.vocab_head,
+            self.tokenizer,
         )
 
     def vocab_head(self, token_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:

@@ -65,6 +65,25 @@ def test_a_fully_cached_run_loads_neither_torch_nor_the_model(tiny_model, cache_
     attrs = [json.loads((tmp_path / f"{s}.zarr" / "zarr.json").read_text())["attributes"] for s in "ab"]
     assert attrs[0] == attrs[1]
 
+    # A new vocabulary over cached documents: projected by tokenizer.json alone, still no torch; the
+    # logits are the hidden states times the head rows of transformers' own tokenizer and model.
+    few = tmp_path / "few.jsonl"
+    few.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows[:3]))
+    fourth = run(cache_dir, "softlabel", str(few), "-o", str(tmp_path / "d.zarr"), *lm, importtime=True)
+    assert fourth.returncode == 0, fourth.stderr.decode()[-3000:]
+    imported = {line.split("|")[-1].strip() for line in fourth.stderr.decode().splitlines() if "|" in line}
+    assert "torch" not in imported and "transformers" not in imported
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    g = zarr.open_group(str(tmp_path / "d.zarr"), mode="r")
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    ids = [tok(" " + w, add_special_tokens=False)["input_ids"][0] for w in g["vocab"][:].tolist()]
+    ref = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.bfloat16)
+    head = ref.get_output_embeddings().weight.detach()[ids].float().numpy().astype(np.float64)
+    expected = (g["hidden"][:].astype(np.float64) @ head.T).astype(np.float32)
+    np.testing.assert_allclose(g["logits"][:], expected, rtol=1e-6, atol=1e-6)
+
     # Some documents new: the model loads for those alone; the cached ones keep their bits.
     more = tmp_path / "more.jsonl"
     more.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in read_jsonl(EXAMPLES, 16)))
