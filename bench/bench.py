@@ -379,12 +379,7 @@ def main() -> None:
         f"per-document loop {retrieval['naive_s']:.1f} s: {retrieval['ratio']:.0f}x. `st search`, one query over "
         f"1,000,000 stored θ: {retrieval['search_ms']:.0f} ms.",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
-    if args.readme:
-        readme.put(args.readme, "bench", text)
+    readme.publish("\n".join(lines), "bench", args.out, args.readme)
 
 
 if __name__ == "__main__":

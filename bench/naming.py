@@ -125,12 +125,7 @@ def main() -> None:
         + f". Mean: LM {np.mean(lm_shares):.0%} ± {np.std(lm_shares):.0%}, "
         f"top 3 words {np.mean(word_shares):.0%} ± {np.std(word_shares):.0%}.",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
-    if args.readme:
-        readme.put(args.readme, "naming", text)
+    readme.publish("\n".join(lines), "naming", args.out, args.readme)
 
 
 if __name__ == "__main__":
