@@ -334,7 +334,10 @@ class TopicModel:
 
     @classmethod
     def _from_fitted(cls, fitted: Fitted, lm: LM | None = None) -> TopicModel:
-        training = {f.name: fitted.config["training"][f.name] for f in dataclasses.fields(TrainOptions)}
+        saved = fitted.config["training"]
+        defaults = TrainOptions()
+        # Options added since a model was saved take their defaults.
+        training = {f.name: saved.get(f.name, getattr(defaults, f.name)) for f in dataclasses.fields(TrainOptions)}
         training["betas"] = tuple(training["betas"])
         model = TopicModel.__new__(TopicModel)
         model.options = TrainOptions(**training)
@@ -370,13 +373,12 @@ class TopicModel:
         the same LM, prompt and cache (an empty text has no topics: its row is all zeros).
         Options: `lm_batch_size`, `batch_tokens`."""
         from st.infer import check_store, infer
-        from st.train import model_inputs
 
         fitted = self._trained()
         if isinstance(documents, Corpus):
             if fitted.config["training"]["input"] == "hidden":
                 check_store(fitted, documents.attrs, documents.name)
-            return fitted.theta(model_inputs(documents, fitted.config["training"]["input"]))
+            return fitted.theta_of(documents)
         enc = split_options(options, EncodeOptions)[0] if options else EncodeOptions()
         docs = list(documents_of(documents, text_field))
         lm = self.lm = self.lm or trained_lm(fitted)  # loaded once, kept for the next call

@@ -22,7 +22,7 @@ import numpy as np
 from st import progress, records, vocab
 from st.cache import LMCache
 from st.errors import InputError, StError
-from st.options import EncodeOptions, SoftLabelOptions, VocabOptions
+from st.options import LOGITS_DTYPE, EncodeOptions, SoftLabelOptions, VocabOptions
 from st.prompt import Prompt
 from st.store import Corpus, HiddenWriter, MemoryWriter, Store, StoreWriter, embed_target
 
@@ -318,10 +318,11 @@ def encode_documents(
                 whole_words=labels.whole_words,
             )
         words_out = vocabulary.words if vocabulary else None
+        dtype = labels.logits_dtype if labels is not None else LOGITS_DTYPE
         if output is None:
-            writer = MemoryWriter(attrs, backend.hidden_size, words_out)
+            writer = MemoryWriter(attrs, backend.hidden_size, words_out, dtype)
         else:
-            writer = StoreWriter(output, attrs, backend.hidden_size, words_out, opts.chunk_rows, force)
+            writer = StoreWriter(output, attrs, backend.hidden_size, words_out, opts.chunk_rows, force, dtype)
     with progress.task(f"st {kind}", total=total) as bar:
         for hidden, logits in backend.encode(texts(), vocabulary, opts, bar.advance):
             chunk = pending.popleft()

@@ -22,7 +22,7 @@ import zarr
 from scipy import sparse
 
 from st.errors import InputError
-from st.options import CHUNK_ROWS
+from st.options import CHUNK_ROWS, LOGITS_DTYPE
 
 FORMAT = "st-store"
 VERSION = 1
@@ -48,6 +48,14 @@ def _read_attrs(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError, AttributeError):
         return None
     return attrs if isinstance(attrs, dict) and attrs.get("format") == FORMAT else None
+
+
+def _check_finite(values: np.ndarray, name: str, where: str, first: int = 0) -> None:
+    if values.dtype.kind == "f" and values.size:
+        bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+        if bad.any():
+            remedy = "train the model again" if "theta" in name else "re-create the store with `st softlabel`"
+            raise InputError(f"row {first + int(np.argmax(bad))} of {name!r} holds NaN or Inf; {remedy}", where)
 
 
 class Corpus(abc.ABC):
@@ -84,6 +92,19 @@ class Corpus(abc.ABC):
         """A few rows of an array, without reading the rest (search hits out of millions)."""
         values = self.array(name)
         return [values[j] for j in rows]
+
+    def read(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows start to stop of an array, without reading the rest."""
+        return self.array(name)[start:stop]
+
+    def bow_rows(self, start: int, stop: int) -> sparse.csr_matrix:
+        """Rows start to stop of the bag of words, without reading the rest."""
+        return self.bow()[start:stop]
+
+    @property
+    def chunk_rows(self) -> int:
+        """Rows that are read together: a store's chunk (reading part of one costs the whole)."""
+        return CHUNK_ROWS
 
     def vocab(self) -> list[str]:
         return [str(w) for w in self.array("vocab")]
@@ -153,8 +174,15 @@ class MemoryCorpus(Corpus):
 class MemoryWriter:
     """The in-memory counterpart of `StoreWriter`."""
 
-    def __init__(self, attrs: dict[str, Any], hidden_size: int, vocab: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        attrs: dict[str, Any],
+        hidden_size: int,
+        vocab: Sequence[str] | None = None,
+        logits_dtype: str = LOGITS_DTYPE,
+    ) -> None:
         self.attrs = {"format": FORMAT, "version": VERSION, **attrs}
+        self.logits_dtype = np.dtype(logits_dtype)
         self.vocab = None if vocab is None else np.asarray(list(vocab), dtype=object)
         self.parts: dict[str, list[Any]] = {"ids": [], "records": [], "hidden": [], "logits": [], "bow": []}
         self.hidden_size = hidden_size
@@ -172,7 +200,7 @@ class MemoryWriter:
         for name, value in (("ids", list(ids)), ("records", list(records)), ("hidden", hidden)):
             self.parts[name].append(value)
         if self.vocab is not None:
-            self.parts["logits"].append(logits)
+            self.parts["logits"].append(np.asarray(logits, dtype=self.logits_dtype))
             self.parts["bow"].append(bow)
         first = self.rows
         self.rows += len(ids)
@@ -188,7 +216,7 @@ class MemoryWriter:
         bow = None
         if self.vocab is not None:
             arrays["vocab"] = self.vocab
-            empty = np.zeros((0, len(self.vocab)), np.float32)
+            empty = np.zeros((0, len(self.vocab)), self.logits_dtype)
             arrays["logits"] = np.concatenate(p["logits"]) if p["logits"] else empty
             bow = sparse.vstack(p["bow"], format="csr") if p["bow"] else sparse.csr_matrix((0, len(self.vocab)))
         self.corpus = MemoryCorpus({**self.attrs, "rows": self.rows, "complete": True}, arrays, bow)
@@ -205,6 +233,7 @@ class StoreWriter:
         vocab: Sequence[str] | None = None,
         chunk_rows: int = CHUNK_ROWS,
         force: bool = False,
+        logits_dtype: str = LOGITS_DTYPE,
     ) -> None:
         self.path = Path(path).absolute()
         if self.path.exists():
@@ -231,7 +260,7 @@ class StoreWriter:
         if vocab is not None:
             v = len(vocab)
             g.create_array("vocab", shape=(v,), dtype=str, chunks=(max(v, 1),))[:] = np.asarray(vocab, dtype=object)
-            g.create_array("logits", shape=(0, v), dtype="float32", chunks=(chunk_rows, v))
+            g.create_array("logits", shape=(0, v), dtype=logits_dtype, chunks=(chunk_rows, v))
             bow = g.create_group("bow")
             bow.create_array("indptr", shape=(1,), dtype="int64", chunks=(1 << 16,))[:] = np.zeros(1, np.int64)
             bow.create_array("indices", shape=(0,), dtype="int32", chunks=(1 << 18,))
@@ -253,7 +282,7 @@ class StoreWriter:
         _array(g, "hidden").append(hidden)
         if self.has_vocab:
             assert logits is not None and bow is not None
-            _array(g, "logits").append(logits)
+            _array(g, "logits").append(np.asarray(logits, dtype=_array(g, "logits").dtype))
             indptr = _array(g, "bow/indptr")
             nnz = int(np.asarray(indptr[-1]))
             _array(g, "bow/indices").append(bow.indices.astype(np.int32))
@@ -332,19 +361,41 @@ class Store(Corpus):
             raise InputError(
                 f"damaged {name!r} array ({type(e).__name__}); re-create the store", str(self.path)
             ) from None
-        if values.dtype.kind == "f":
-            bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
-            if bad.any():
-                remedy = "train the model again" if "theta" in name else "re-create the store with `st softlabel`"
-                raise InputError(f"row {int(np.argmax(bad))} of {name!r} holds NaN or Inf; {remedy}", str(self.path))
+        _check_finite(values, name, str(self.path))
+        return values
+
+    def read(self, name: str, start: int, stop: int) -> np.ndarray:
+        if name not in self:
+            raise InputError(f"the store has no {name!r} array", str(self.path))
+        stop = min(stop, self.rows)
+        try:
+            values = np.asarray(_array(self.group, name)[start:stop])
+        except Exception as e:
+            raise InputError(
+                f"damaged {name!r} array ({type(e).__name__}); re-create the store", str(self.path)
+            ) from None
+        _check_finite(values, name, str(self.path), start)
         return values
 
     def bow(self) -> sparse.csr_matrix:
-        indptr = np.asarray(_array(self.group, "bow/indptr")[: self.rows + 1])
-        nnz = int(indptr[-1])
-        indices = np.asarray(_array(self.group, "bow/indices")[:nnz])
-        data = np.asarray(_array(self.group, "bow/data")[:nnz])
-        return sparse.csr_matrix((data, indices, indptr), shape=(self.rows, len(self.vocab())))
+        return self.bow_rows(0, self.rows)
+
+    def bow_rows(self, start: int, stop: int) -> sparse.csr_matrix:
+        stop = min(stop, self.rows)
+        indptr = np.asarray(_array(self.group, "bow/indptr")[start : stop + 1])
+        first, last = int(indptr[0]), int(indptr[-1])
+        indices = np.asarray(_array(self.group, "bow/indices")[first:last])
+        data = np.asarray(_array(self.group, "bow/data")[first:last])
+        return sparse.csr_matrix((data, indices, indptr - first), shape=(stop - start, self.vocab_size))
+
+    @property
+    def vocab_size(self) -> int:
+        return int(_array(self.group, "vocab").shape[0])
+
+    @property
+    def chunk_rows(self) -> int:
+        node = self.group.get("logits") or self.group.get("hidden")
+        return int(node.chunks[0]) if isinstance(node, zarr.Array) else CHUNK_ROWS
 
     def take(self, name: str, rows: Sequence[int]) -> list[Any]:
         if name not in self:

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from scipy import sparse
 
 from st import progress
 from st.errors import InputError
@@ -79,6 +81,18 @@ class Fitted:
         ]
         return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, self.model.config.k), np.float32)
 
+    def theta_of(self, corpus: Corpus) -> np.ndarray:
+        """θ of every document of the corpus, read a few store chunks at a time."""
+        kind = self.config["training"]["input"]
+        out = np.zeros((corpus.rows, int(self.config["training"]["k"])), np.float32)
+        step = corpus.chunk_rows * max(1, THETA_ROWS // corpus.chunk_rows)
+        with progress.task("θ", total=corpus.rows) as bar:
+            for start in range(0, corpus.rows, step):
+                stop = min(start + step, corpus.rows)
+                out[start:stop] = self.theta(model_inputs(corpus, kind, start, stop))
+                bar.advance(stop - start)
+        return out
+
     def state(self) -> dict[str, torch.Tensor]:
         if isinstance(self.model, GensimLDA):
             state = self.model.state()
@@ -90,6 +104,7 @@ class Fitted:
 
 
 SALIENCE_KEY = "st.salience"
+THETA_ROWS = 16384  # documents whose inputs are in memory at once when θ is computed
 
 
 def salience(theta: np.ndarray, bow: Any, beta: np.ndarray) -> np.ndarray:
@@ -100,7 +115,11 @@ def salience(theta: np.ndarray, bow: Any, beta: np.ndarray) -> np.ndarray:
     words the documents never contain. A topic without documents, or a corpus without vocabulary
     words, keeps β."""
     counts = np.asarray((bow.T @ theta).T, dtype=np.float64)  # K x V, θ-weighted word counts
-    corpus = np.asarray(bow.sum(axis=0), dtype=np.float64).ravel()
+    return salience_of_counts(counts, np.asarray(bow.sum(axis=0), dtype=np.float64).ravel(), beta)
+
+
+def salience_of_counts(counts: np.ndarray, corpus: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    """`salience` from the θ-weighted word counts (K x V) and the corpus's word counts (V)."""
     if corpus.sum() == 0:
         return beta.astype(np.float32)
     p_w = corpus / corpus.sum()
@@ -112,16 +131,26 @@ def salience(theta: np.ndarray, bow: Any, beta: np.ndarray) -> np.ndarray:
     return score.astype(np.float32)
 
 
-def with_salience(model: Fitted, store: Corpus, rows: np.ndarray) -> Fitted:
-    """The model with its words' salience over the training documents (`salience`)."""
+def with_salience(model: Fitted, store: Corpus, rows: np.ndarray, theta: np.ndarray | None = None) -> Fitted:
+    """The model with its words' salience over the training documents (`salience`), counted a
+    store chunk at a time. `theta`: θ of every store row, when already computed."""
     if model.config["training"].get("topic_words") != "salient":
         return model
-    theta = model.theta(model_inputs(store, model.config["training"]["input"])[rows])
-    model.salience = salience(theta, store.bow()[rows], model.topic_word())
+    kind = model.config["training"]["input"]
+    beta = model.topic_word()
+    counts = np.zeros(beta.shape, np.float64)
+    corpus = np.zeros(beta.shape[1], np.float64)
+    for start, stop, where in spans(rows, store.chunk_rows):
+        local = rows[where] - start
+        bow = store.bow_rows(start, stop)[local]
+        t = theta[rows[where]] if theta is not None else model.theta(model_inputs(store, kind, start, stop)[local])
+        counts += np.asarray((bow.T @ t.astype(np.float64)).T)
+        corpus += np.asarray(bow.sum(axis=0), dtype=np.float64).ravel()
+    model.salience = salience_of_counts(counts, corpus, beta)
     return model
 
 
-# --- data ---------------------------------------------------------------------------------------
+# --- data, a window at a time -------------------------------------------------------------------
 
 
 def soft_label(
@@ -139,48 +168,138 @@ def soft_label(
     return (p / p.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def model_inputs(store: Corpus, kind: str) -> np.ndarray:
+def model_inputs(store: Corpus, kind: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """What the encoder reads for store rows start to stop (all by default)."""
+    stop = store.rows if stop is None else stop
     if kind == "hidden":
-        return store.array("hidden").astype(np.float32)
-    return store.bow().toarray().astype(np.float32)
+        return store.read("hidden", start, stop).astype(np.float32)
+    return store.bow_rows(start, stop).toarray().astype(np.float32)
 
 
-def normalized_bow(store: Corpus) -> np.ndarray:
-    bow = store.bow().toarray().astype(np.float64)
-    total = bow.sum(axis=1, keepdims=True)
-    return bow / np.where(total == 0, 1, total)
+def normalized(bow: Any) -> np.ndarray:
+    dense = bow.toarray().astype(np.float64)
+    total = dense.sum(axis=1, keepdims=True)
+    return dense / np.where(total == 0, 1, total)
 
 
-def calibrated(logits: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
-    """Logits less each word's mean logit over the (training) documents: what the LM says of every
-    document alike, such as favouring words that share a common first sub-token, is no one
-    document's topic (contextual calibration)."""
-    logits = logits.astype(np.float64)
-    return logits - logits[rows if rows is not None else slice(None)].mean(axis=0, keepdims=True)
+def spans(rows: np.ndarray, chunk: int) -> Iterator[tuple[int, int, np.ndarray]]:
+    """`rows` grouped by the store chunk they lie in: (first row, last row + 1, the positions in
+    `rows` of that chunk's rows), chunk by chunk, so that each chunk is read once."""
+    if len(rows) == 0:
+        return
+    order = np.argsort(rows, kind="stable")
+    cuts = np.flatnonzero(np.diff(rows[order] // chunk)) + 1
+    for where in np.split(order, cuts):
+        yield int(rows[where].min()), int(rows[where].max()) + 1, where
+
+
+def rows_bow(store: Corpus, rows: np.ndarray) -> sparse.csr_matrix:
+    """The bag of words of `rows`, in that order, read a chunk at a time."""
+    parts, where = [], []
+    for start, stop, w in spans(rows, store.chunk_rows):
+        parts.append(store.bow_rows(start, stop)[rows[w] - start])
+        where.append(w)
+    return sparse.vstack(parts, format="csr")[np.argsort(np.concatenate(where))]
+
+
+@dataclass
+class TrainingData:
+    """The training documents' inputs and targets, read from the corpus a store chunk at a time.
+    Each epoch visits the chunks in a random order, `window` documents of them in memory at once,
+    shuffled within the window. A window that covers every document is read once and kept: the
+    in-memory training of a corpus that fits."""
+
+    corpus: Corpus
+    rows: np.ndarray  # the training documents' store rows, in the caller's order
+    opts: TrainOptions  # resolved
+    tau: float
+    mean: np.ndarray | None  # each word's mean logit over the training documents, when calibrating
+
+    @classmethod
+    def of(cls, corpus: Corpus, rows: np.ndarray, opts: TrainOptions) -> TrainingData:
+        opts = resolved(opts, len(rows))
+        if opts.target == "bow":
+            return cls(corpus, rows, opts, 1.0, None)
+        if "logits" not in corpus:
+            raise InputError("the store has no soft labels (no 'logits'); make it with `st softlabel`", corpus.name)
+        tau = opts.temperature if opts.temperature is not None else float(corpus.attrs.get("temperature", TEMPERATURE))
+        if opts.topk is not None and opts.topk > len(corpus.vocab()):
+            raise InputError(f"--topk {opts.topk} is larger than the vocabulary ({len(corpus.vocab())} words)")
+        data = cls(corpus, rows, opts, tau, None)
+        if opts.calibrate:
+            data.mean = data.mean_logits()
+        return data
+
+    @property
+    def whole(self) -> bool:
+        return not self.opts.window or self.opts.window >= len(self.rows)
+
+    def mean_logits(self) -> np.ndarray:
+        """Each word's mean logit over the training documents. What the LM says of every document
+        alike, such as favouring words that share a common first sub-token, is no one document's
+        topic: calibration subtracts it (contextual calibration)."""
+        total = np.zeros(len(self.corpus.vocab()), np.float64)
+        for start, stop, where in spans(self.rows, self.corpus.chunk_rows):
+            block = self.corpus.read("logits", start, stop)
+            total += block[self.rows[where] - start].astype(np.float64).sum(axis=0)
+        return total / max(len(self.rows), 1)
+
+    def targets(self, start: int, stop: int) -> np.ndarray:
+        """The reconstruction target of store rows start to stop."""
+        opts = self.opts
+        if opts.target == "bow":
+            return normalized(self.corpus.bow_rows(start, stop)).astype(np.float32)
+        logits = self.corpus.read("logits", start, stop).astype(np.float64)
+        if self.mean is not None:
+            logits -= self.mean
+        target = soft_label(logits, self.tau, opts.topk, opts.sparsity)
+        if opts.bow_weight > 0:
+            # Anchor the LM's guess in the words the document actually has; a document without a
+            # vocabulary word keeps its soft label whole.
+            bow = normalized(self.corpus.bow_rows(start, stop))
+            weight = np.where(bow.sum(axis=1, keepdims=True) > 0, opts.bow_weight, 0.0)
+            target = ((1 - weight) * target + weight * bow).astype(np.float32)
+        return target
+
+    def read(self, positions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and targets of the documents at `positions` (into `rows`), in that order."""
+        rows = self.rows[positions]
+        x: np.ndarray | None = None
+        y: np.ndarray | None = None
+        for start, stop, where in spans(rows, self.corpus.chunk_rows):
+            local = rows[where] - start
+            xs = model_inputs(self.corpus, self.opts.input, start, stop)[local]
+            ys = self.targets(start, stop)[local]
+            if x is None or y is None:
+                x = np.empty((len(rows), xs.shape[1]), np.float32)
+                y = np.empty((len(rows), ys.shape[1]), np.float32)
+            x[where], y[where] = xs, ys
+        assert x is not None and y is not None
+        return torch.from_numpy(x), torch.from_numpy(y)
+
+    def windows(self, shuffle: torch.Generator) -> Iterator[np.ndarray]:
+        """One epoch's windows, as positions into `rows`."""
+        if self.whole:
+            yield np.arange(len(self.rows))
+            return
+        blocks = [where for _, _, where in spans(self.rows, self.corpus.chunk_rows)]
+        window: list[np.ndarray] = []
+        size = 0
+        for b in torch.randperm(len(blocks), generator=shuffle).tolist():
+            window.append(blocks[b])
+            size += len(blocks[b])
+            if size >= int(self.opts.window):
+                yield np.concatenate(window)
+                window, size = [], 0
+        if window:
+            yield np.concatenate(window)
 
 
 def targets(store: Corpus, opts: TrainOptions, rows: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """The reconstruction target of every store row; `rows` are the training documents, over which
     `opts.calibrate` averages."""
-    opts = resolved(opts)
-    if opts.target == "bow":
-        return normalized_bow(store).astype(np.float32), 1.0
-    if "logits" not in store:
-        raise InputError("the store has no soft labels (no 'logits'); make it with `st softlabel`", store.name)
-    tau = opts.temperature if opts.temperature is not None else float(store.attrs.get("temperature", TEMPERATURE))
-    if opts.topk is not None and opts.topk > store.array("vocab").shape[0]:
-        raise InputError(f"--topk {opts.topk} is larger than the vocabulary ({len(store.vocab())} words)")
-    logits = store.array("logits")
-    if opts.calibrate:
-        logits = calibrated(logits, rows)
-    target = soft_label(logits, tau, opts.topk, opts.sparsity)
-    if opts.bow_weight > 0:
-        # Anchor the LM's guess in the words the document actually has; a document without a
-        # vocabulary word keeps its soft label whole.
-        bow = normalized_bow(store)
-        weight = np.where(bow.sum(axis=1, keepdims=True) > 0, opts.bow_weight, 0.0)
-        target = ((1 - weight) * target + weight * bow).astype(np.float32)
-    return target, tau
+    data = TrainingData.of(store, np.arange(store.rows) if rows is None else np.asarray(rows), opts)
+    return data.targets(0, store.rows), data.tau
 
 
 # --- training -----------------------------------------------------------------------------------
@@ -195,6 +314,8 @@ def model_id(opts: TrainOptions, store: Corpus, rows: np.ndarray) -> str:
     elif opts.backbone != "prodlda":
         name = f"{name}-{opts.backbone}"
     identity = {k: v for k, v in asdict(opts).items() if k != "checkpoint_every"}
+    if not opts.window or opts.window >= len(rows):  # the same training whatever the window
+        identity.pop("window")
     # What made the encoder's input is part of the model: `st embed` may replace a store's hidden states.
     source = store.attrs.get("hidden_source") if opts.input == "hidden" else None
     spec = json.dumps([identity, store.attrs.get("vocab_fingerprint"), store.attrs.get("lm"), source], sort_keys=True)
@@ -248,7 +369,7 @@ def resolved(opts: TrainOptions, documents: int | None = None) -> TrainOptions:
     return TrainOptions(**{**asdict(opts), "lam": lam, **filled})
 
 
-def train(store: Corpus, rows: np.ndarray, opts: TrainOptions) -> tuple[Fitted, list[float]]:
+def fit_model(store: Corpus, rows: np.ndarray, opts: TrainOptions) -> tuple[Fitted, list[float]]:
     """Fit on the given store rows. Reproducible for a seed on one machine (CPU). With
     `opts.checkpoint_every`, the state is checkpointed inside the store and a re-run of the same
     training resumes from it, to the same result bit for bit."""
@@ -257,12 +378,13 @@ def train(store: Corpus, rows: np.ndarray, opts: TrainOptions) -> tuple[Fitted, 
         return train_lda(store, rows, opts), []
     if len(rows) < 2:
         raise InputError("at least 2 documents are needed to train", store.name)
-    x_all = model_inputs(store, opts.input)
-    y_all, tau = targets(store, opts, rows)
-    x, y = torch.from_numpy(x_all[rows]), torch.from_numpy(y_all[rows])
+    data = TrainingData.of(store, rows, opts)
+    tau = data.tau
+    whole = data.read(np.arange(len(rows))) if data.whole else None
+    input_size = whole[0].shape[1] if whole is not None else model_inputs(store, opts.input, 0, 1).shape[1]
     config = TopicConfig(
-        input_size=x.shape[1],
-        vocab_size=y.shape[1],
+        input_size=input_size,
+        vocab_size=len(store.vocab()),
         k=opts.k,
         backbone=opts.backbone,
         hidden=list(opts.hidden),
@@ -284,8 +406,6 @@ def train(store: Corpus, rows: np.ndarray, opts: TrainOptions) -> tuple[Fitted, 
         )
 
     model, optimizer, shuffle = fresh()
-    # FASTopic's transport plans are between all documents and all topics: one batch per epoch.
-    batch_size = len(x) if opts.backbone == "fastopic" else int(opts.batch_size or 64)  # `resolved` filled it in
     lam = float(opts.lam or 0.0)
     identity = model_id(opts, store, rows)
     checkpoint = checkpoint_path(store, identity) if opts.checkpoint_every and store.path is not None else None
@@ -301,18 +421,22 @@ def train(store: Corpus, rows: np.ndarray, opts: TrainOptions) -> tuple[Fitted, 
     with progress.task("st train", total=opts.epochs, unit="epochs") as bar:
         bar.advance(len(losses))
         for epoch in range(len(losses), opts.epochs):
-            order = torch.randperm(len(x), generator=shuffle)
             total, seen = 0.0, 0
-            for start in range(0, len(x), batch_size):
-                idx = order[start : start + batch_size]
-                if len(idx) < 2:  # batch norm needs two documents
-                    continue
-                loss = model.loss(x[idx], y[idx], lam, opts.loss)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                total += loss.item() * len(idx)
-                seen += len(idx)
+            for positions in data.windows(shuffle):
+                x, y = whole if whole is not None else data.read(positions)
+                order = torch.randperm(len(x), generator=shuffle)
+                # FASTopic's transport plans are between all documents and all topics: one step per window.
+                batch_size = len(x) if opts.backbone == "fastopic" else int(opts.batch_size or 64)
+                for start in range(0, len(x), batch_size):
+                    idx = order[start : start + batch_size]
+                    if len(idx) < 2:  # batch norm needs two documents
+                        continue
+                    loss = model.loss(x[idx], y[idx], lam, opts.loss)
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+                    total += loss.item() * len(idx)
+                    seen += len(idx)
             losses.append(total / max(seen, 1))
             bar.advance()
             if checkpoint is not None and (epoch + 1) % opts.checkpoint_every == 0 and epoch + 1 < opts.epochs:
@@ -336,7 +460,13 @@ def train(store: Corpus, rows: np.ndarray, opts: TrainOptions) -> tuple[Fitted, 
         "max_tokens": store.attrs.get("max_tokens"),
         "input_source": store.attrs.get("hidden_source") if opts.input == "hidden" else None,
     }
-    return with_salience(Fitted(model, full, store.vocab()), store, rows), losses
+    return Fitted(model, full, store.vocab()), losses
+
+
+def train(store: Corpus, rows: np.ndarray, opts: TrainOptions) -> tuple[Fitted, list[float]]:
+    """Fit on the given store rows (`fit_model`), with the salience of the topics' words."""
+    model, losses = fit_model(store, rows, opts)
+    return with_salience(model, store, rows), losses
 
 
 # --- checkpoints (safetensors and JSON, like model folders: nothing is unpickled) ----------------
@@ -407,8 +537,9 @@ def fit(
     model (in `output`, or inside a store), and drop the training checkpoint: the whole of
     `st train`, for Python callers too. Returns the model and θ."""
     rows = np.arange(corpus.rows) if rows is None else np.asarray(rows)
-    model, _ = train(corpus, rows, opts)
-    theta = model.theta(model_inputs(corpus, model.config["training"]["input"]))
+    model, _ = fit_model(corpus, rows, opts)
+    theta = model.theta_of(corpus)
+    with_salience(model, corpus, rows, theta)
     corpus.write_theta(model.id, theta, {"model": model.id, "k": opts.k})
     if output is not None:
         save(model, Path(output), top_words)
@@ -424,7 +555,7 @@ def train_lda(store: Corpus, rows: np.ndarray, opts: TrainOptions) -> Fitted:
     """gensim's LdaModel on the store's bag of words and vocabulary."""
     if len(rows) < 2:
         raise InputError("at least 2 documents are needed to train", store.name)
-    bow = store.bow()[rows]
+    bow = rows_bow(store, rows)
     if bow.nnz == 0:
         raise InputError("no document holds a vocabulary word; LDA has nothing to learn from", store.name)
     opts = TrainOptions(**{**asdict(opts), "target": "bow", "input": "bow"})
@@ -443,7 +574,7 @@ def train_lda(store: Corpus, rows: np.ndarray, opts: TrainOptions) -> Fitted:
         "max_tokens": store.attrs.get("max_tokens"),
         "input_source": None,
     }
-    return with_salience(Fitted(lda, config, store.vocab()), store, rows)
+    return Fitted(lda, config, store.vocab())
 
 
 # --- saving and loading -------------------------------------------------------------------------

@@ -48,7 +48,7 @@ def test_a_fully_cached_run_loads_neither_torch_nor_the_model(tiny_model, cache_
     docs = tmp_path / "docs.jsonl"
     rows = read_jsonl(EXAMPLES, 12)
     docs.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
-    lm = ["--lm", str(tiny_model), "--dtype", "bfloat16", "--vocab-size", "60"]
+    lm = ["--lm", str(tiny_model), "--dtype", "bfloat16", "--vocab-size", "60", "--logits-dtype", "float32"]
     first = run(cache_dir, "softlabel", str(docs), "-o", str(tmp_path / "a.zarr"), *lm, "-q")
     assert first.returncode == 0, first.stderr.decode()
     assert list((cache_dir / "facts").glob("*/lm.json"))

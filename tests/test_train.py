@@ -612,3 +612,163 @@ def test_infer_reads_each_stores_attributes_afresh_in_every_call(store, tmp_path
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(cli, infer, input=records_out)
     assert r.exit_code == 2 and "encoded with another max tokens" in r.output
+
+
+# --- training a window at a time (corpora past memory) ------------------------------------------
+
+
+@pytest.fixture
+def chunked(store, tiny_model, cache_dir, tmp_path):
+    """The example store again, in chunks of 16 rows (the LM cache answers: no LM work)."""
+    path = tmp_path / "chunked.zarr"
+    r = CliRunner().invoke(
+        cli,
+        ["softlabel", str(EXAMPLES), "-o", str(path), "--lm", str(tiny_model), "--cache-dir", str(cache_dir)]
+        + ["--dtype", "float32", "--vocab-size", "300", "--chunk-rows", "16", "-q"],
+    )
+    assert r.exit_code == 0, r.output
+    return Store(path)
+
+
+def reference_training(s: Store, rows: np.ndarray, opts: TrainOptions) -> ProdLDA:
+    """DSL-ProdLDA trained the plain way, everything in memory: targets computed here with numpy
+    (softmax at τ in float64, kept in float32, the bag of words mixed in), one shuffle of all
+    documents per epoch. (Calibration has its own test: a mean summed in another order differs in
+    the last bits, and the biases that batch norm cancels then drift apart.)"""
+    from st.models import build
+    from st.train import resolved
+
+    opts = resolved(opts, len(rows))
+    logits = np.asarray(s.group["logits"][:], dtype=np.float64)
+    z = logits / s.temperature
+    soft = np.exp(z - z.max(1, keepdims=True))
+    soft = (soft / soft.sum(1, keepdims=True)).astype(np.float32)
+    bow = s.bow().toarray().astype(np.float64)
+    total = bow.sum(1, keepdims=True)
+    weight = np.where(total > 0, opts.bow_weight, 0.0)
+    y = torch.from_numpy(((1 - weight) * soft + weight * bow / np.where(total == 0, 1, total))[rows].astype(np.float32))
+    x = torch.from_numpy(np.asarray(s.group["hidden"][:], dtype=np.float32)[rows])
+    config = TopicConfig(
+        input_size=x.shape[1], vocab_size=y.shape[1], k=opts.k, decoder_temperature=s.temperature,
+        decoder_norm=float(opts.decoder_norm), decoder_affine=bool(opts.decoder_affine),
+        theta_dropout=float(opts.theta_dropout),
+    )  # fmt: skip
+    torch.manual_seed(opts.seed)
+    model = build(config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr, betas=opts.betas)
+    shuffle = torch.Generator().manual_seed(opts.seed)
+    model.train()
+    for _ in range(opts.epochs):
+        order = torch.randperm(len(x), generator=shuffle)
+        for start in range(0, len(x), int(opts.batch_size)):
+            idx = order[start : start + int(opts.batch_size)]
+            if len(idx) < 2:
+                continue
+            loss = model.loss(x[idx], y[idx], float(opts.lam), opts.loss)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    model.eval()
+    assert isinstance(model, ProdLDA)
+    return model
+
+
+@pytest.mark.parametrize("window", [0, 10_000])
+def test_a_window_over_the_whole_corpus_trains_the_in_memory_model(chunked, window):
+    rows = np.random.default_rng(0).permutation(chunked.rows)[:150]  # a training set in any order
+    opts = TrainOptions(k=4, epochs=4, seed=2, window=window, calibrate=False)
+    fitted, _ = train(chunked, rows, opts)
+    reference = reference_training(chunked, rows, opts)
+    for (name, x), (_, y) in zip(fitted.model.state_dict().items(), reference.state_dict().items(), strict=True):
+        assert torch.equal(x, y), name
+
+
+def test_small_windows_visit_every_document_once_per_epoch_reproducibly(chunked):
+    from st.train import TrainingData, resolved, targets
+
+    rows = np.random.default_rng(1).permutation(chunked.rows)[:170]
+    opts = resolved(TrainOptions(k=4, window=40), len(rows))
+    data = TrainingData.of(chunked, rows, opts)
+    hidden = np.asarray(chunked.group["hidden"][:])
+    targets_all, _ = targets(chunked, opts, rows)
+    shuffle = torch.Generator().manual_seed(0)
+    epochs = []
+    for _ in range(2):
+        windows = list(data.windows(shuffle))
+        seen = np.concatenate(windows)
+        assert sorted(seen.tolist()) == list(range(len(rows)))  # each document once
+        assert all(40 <= len(w) < 40 + 16 for w in windows[:-1]) and len(windows) > 2
+        chunks = [set((rows[w] // 16).tolist()) for w in windows]
+        assert sum(map(len, chunks)) == len(set().union(*chunks))  # each store chunk in one window
+        for w in windows:
+            x, y = data.read(w)
+            np.testing.assert_array_equal(x.numpy(), hidden[rows[w]])
+            np.testing.assert_array_equal(y.numpy(), targets_all[rows[w]])
+        epochs.append(seen)
+    assert not np.array_equal(epochs[0], epochs[1])  # another chunk order each epoch
+    a, _ = train(chunked, rows, TrainOptions(k=4, epochs=3, seed=5, window=40))
+    b, _ = train(chunked, rows, TrainOptions(k=4, epochs=3, seed=5, window=40))
+    for (name, x), (_, y) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
+        assert torch.equal(x, y), name
+    whole, _ = train(chunked, rows, TrainOptions(k=4, epochs=3, seed=5))
+    assert a.id != whole.id and not torch.equal(a.model.beta, whole.model.beta)
+    # The window does not name a model that the whole corpus trains alike.
+    again, _ = train(chunked, rows, TrainOptions(k=4, epochs=3, seed=5, window=0))
+    assert again.id == whole.id
+
+
+def test_windowed_training_resumes_from_its_checkpoint_bit_for_bit(chunked, monkeypatch):
+    import st.train as train_mod
+
+    rows = np.arange(chunked.rows)
+    opts = TrainOptions(k=4, epochs=5, checkpoint_every=2, seed=1, window=48)
+    whole, whole_losses = train(chunked, rows, TrainOptions(**{**opts.__dict__, "checkpoint_every": 0}))
+    real = train_mod.save_checkpoint
+
+    def interrupt(*args, **kwargs):
+        real(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train(chunked, rows, opts)
+    monkeypatch.setattr(train_mod, "save_checkpoint", real)
+    resumed, losses = train(chunked, rows, opts)
+    assert losses == whole_losses
+    for (name, x), (_, y) in zip(whole.model.state_dict().items(), resumed.model.state_dict().items(), strict=True):
+        assert torch.equal(x, y), name
+
+
+def test_theta_and_salience_read_a_chunk_at_a_time_equal_the_whole_computation(chunked):
+    from scipy import sparse
+
+    from st.train import fit, salience
+
+    rows = np.arange(0, chunked.rows, 3)
+    model, theta = fit(chunked, rows, TrainOptions(k=5, epochs=2, window=64))
+    hidden = np.asarray(chunked.group["hidden"][:], dtype=np.float32)
+    np.testing.assert_allclose(theta, model.theta(hidden), atol=1e-6)
+    np.testing.assert_array_equal(chunked.array(f"theta/{model.id}"), theta)
+    indptr, indices, data = (np.asarray(chunked.group[f"bow/{n}"][:]) for n in ("indptr", "indices", "data"))
+    bow = sparse.csr_matrix((data, indices, indptr), shape=(chunked.rows, len(chunked.vocab())))
+    expected = salience(theta[rows].astype(np.float64), bow[rows], model.topic_word())
+    np.testing.assert_allclose(model.salience, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_logits_are_kept_in_float16_by_default_and_float32_on_request(store, tiny_model, cache_dir, tmp_path):
+    path, _ = store
+    half = Store(path)
+    assert half.group["logits"].dtype == np.float16
+    full_path = tmp_path / "f32.zarr"
+    r = CliRunner().invoke(
+        cli,
+        ["softlabel", str(EXAMPLES), "-o", str(full_path), "--lm", str(tiny_model), "--cache-dir", str(cache_dir)]
+        + ["--dtype", "float32", "--vocab-size", "300", "--logits-dtype", "float32", "-q"],
+    )
+    assert r.exit_code == 0, r.output
+    full = Store(full_path)
+    assert full.group["logits"].dtype == np.float32
+    # Rounding to nearest, as numpy casts: the float16 store holds the float32 logits rounded.
+    np.testing.assert_array_equal(half.array("logits"), full.array("logits").astype(np.float16))
+    # Both train (the soft label is computed in float64 either way).
+    assert run_train("-k", "3", "--store", str(path), "--epochs", "2").exit_code == 0
