@@ -47,6 +47,12 @@ lint: $(BIN)/.installed
 bench: $(BIN)/.installed
 	$(BIN)/python bench/bench.py --docs $${BENCH_DOCS:-2000} --out bench/results.md --readme README.md
 	$(BIN)/python bench/report_bench.py --docs 20000 --readme README.md
+	# BENCH_SCALE=1: every stage at 100,000 and 1,000,000 documents, and the Ray backend over 200,000
+	# (about an hour on 2 cores; 12 GB of disk while it runs).
+	if [ -n "$${BENCH_SCALE:-}" ]; then \
+	  $(BIN)/python bench/scale.py --sizes 100000 1000000 --out bench/scale.md --readme README.md && \
+	  $(BIN)/python bench/ray_scale.py --sizes 50000 200000 --workers 2 --out bench/ray.md --readme README.md; \
+	fi
 
 # The topic names of `st label` against the classes of the shared StackOverflow titles (about 5 minutes).
 naming: $(BIN)/.installed

@@ -384,7 +384,9 @@ class TopicModel:
         lm = self.lm = self.lm or trained_lm(fitted)  # loaded once, kept for the next call
         theta = np.zeros((len(docs), int(fitted.config["training"]["k"])), np.float32)
         with progress_mod.reporting(self.progress):
-            chunks = infer(docs, fitted, lambda: lm.model, lm.cache, enc.batch_tokens, enc.lm_batch_size)
+            chunks = infer(
+                docs, fitted, lambda: lm.model, lm.cache, enc.batch_tokens, enc.lm_batch_size, known=lambda: lm.known
+            )
             for chunk, part in chunks:
                 theta[[d.line - 1 for d in chunk]] = part
         return theta
@@ -542,10 +544,8 @@ def evaluate(
 
     (ranking,) = split_options(options, RankingOptions)
     wanted = ev.parse_metrics(",".join(metrics) if isinstance(metrics, (list, tuple)) else metrics)  # type: ignore[arg-type]
-    needs_texts = bool({"npmi", "cv"} & set(wanted)) and reference is None and reference_words is None
-    recs = corpus.records() if labels is None or needs_texts else []  # parsed once for both
     if labels is None:
-        labels = [r.get("label") for r in recs]
+        labels = corpus.field("label")
     elif len(labels) != corpus.rows:
         raise InputError(f"{len(labels)} labels for {corpus.rows} documents")
     has_labels = all(lab is not None for lab in labels)
@@ -555,7 +555,7 @@ def evaluate(
     texts = reference_words
     if texts is None and {"npmi", "cv"} & set(wanted):
         field = corpus.attrs.get("text_field", "text")
-        source = (str(r.get(field, "")) for r in recs) if reference is None else reference
+        source = (str(t or "") for t in corpus.field(field)) if reference is None else reference
         texts = [vocab_mod.tokenize(t) for t in source]
     gold = np.asarray([str(lab) for lab in labels]) if has_labels else None
     theta = theta_of(model, corpus)

@@ -327,9 +327,12 @@ def embed(input: str, **kwargs: Any) -> None:
     _encode("embed", input, kwargs)
 
 
-def _training_rows(input: str | None, store_path: str | None) -> tuple[Any, Any, list[dict[str, Any]] | None]:
+def _training_rows(
+    input: str | None, store_path: str | None, keep: bool = False
+) -> tuple[Any, Any, list[dict[str, Any]] | None]:
     """The store and the rows to train on: every row of `--store`, or the rows that piped records
-    point at (so that `head`, `grep` or `shuf` between stages choose the training set)."""
+    point at (so that `head`, `grep` or `shuf` between stages choose the training set); with
+    `keep`, the piped records too (a million of them would weigh gigabytes, so only when printed)."""
     from st.store import Store
 
     if input is None and store_path is not None:
@@ -359,10 +362,11 @@ def _training_rows(input: str | None, store_path: str | None) -> tuple[Any, Any,
         if not 0 <= ref["row"] < stores[path].rows:
             raise InputError(f"row {ref['row']} is not in the store ({stores[path].rows} rows)", name, number)
         rows.append(ref["row"])
-        recs.append(rec)
+        if keep:
+            recs.append(rec)
     if not rows:
         raise InputError("no records; pipe the output of `st softlabel`, or pass --store", name)
-    return next(iter(stores.values())), np.asarray(rows), recs
+    return next(iter(stores.values())), np.asarray(rows), recs if keep else None
 
 
 @cli.command()
@@ -400,7 +404,7 @@ def train(
     from st import api
 
     opts = take(TrainOptions, kwargs)
-    store, rows, recs = _training_rows(source, store_path)
+    store, rows, recs = _training_rows(source, store_path, keep=docs)
     model = api.TopicModel(top_words=top_words, **dataclasses.asdict(opts))
     model.fit(store, rows, output)
     theta = model.theta_
@@ -408,11 +412,14 @@ def train(
     topics = model.topic_records()
     _topic_table(topics)
     if docs:
-        stored = store.array("records") if recs is None else None
+        stored = store.array("records") if not recs else None
         lines = []
         for i, row in enumerate(rows.tolist()):
-            rec = recs[i] if recs is not None else records.parse_object(str(stored[row]), str(store.path), row)  # type: ignore[index]
+            rec = recs[i] if recs else records.parse_object(str(stored[row]), str(store.path), row)  # type: ignore[index]
             lines.append(_with_theta(rec, theta[row]))
+            if len(lines) == 4096:  # printed as it goes: a million records never sit in memory as text
+                _write(lines)
+                lines = []
         _write(lines)
     else:
         _print_records(topics)
@@ -484,6 +491,7 @@ def infer(model_spec: str, input: str, **kwargs: Any) -> None:
         enc.batch_tokens,
         enc.lm_batch_size,
         name,
+        lambda: model.lm.known,
     )
     for chunk, theta in chunks:
         _write([_with_theta(d.record, t) for d, t in zip(chunk, theta, strict=True)])
@@ -566,16 +574,13 @@ def eval_command(
     from st import vocab as vocab_mod
 
     # What every model is measured against, read and tokenized once.
-    recs = store.records()
-    labels = [r.get("label") for r in recs]
+    labels = store.field("label")
     words = None
     if {"npmi", "cv"} & set(wanted):
         if reference is not None:
-            texts = [d.text for d in records.read_documents(reference) if d.text]
+            words = [vocab_mod.tokenize(d.text) for d in records.read_documents(reference) if d.text]
         else:
-            field = store.attrs.get("text_field", "text")
-            texts = [str(r.get(field, "")) for r in recs]
-        words = [vocab_mod.tokenize(t) for t in texts]
+            words = [vocab_mod.tokenize(str(t or "")) for t in store.field(store.attrs.get("text_field", "text"))]
     from st.train import save_metrics
 
     results = []

@@ -17,12 +17,13 @@ from st.train import Fitted
 
 if TYPE_CHECKING:
     from st.encoder import Encoder
+    from st.known import Known
     from st.lm import LM
 
 CHUNK = CHUNK_ROWS
 
 
-def check_lm(model: Fitted, lm: LM, what: str) -> None:
+def check_lm(model: Fitted, lm: LM | Known, what: str) -> None:
     """Refuse inputs from another LM: the encoder only understands the hidden states it was trained on."""
     want = model.config.get("input_source") or model.config
     expected = want.get("lm") or {}
@@ -56,10 +57,13 @@ def infer(
     batch_tokens: int | None = None,
     lm_batch_size: int | None = None,
     name: str = "the input",
+    known: Callable[[], Known | None] | None = None,
 ) -> Iterator[tuple[list[records.Document], np.ndarray]]:
     """θ of documents, a chunk at a time, through the LM, prompt and cache that made the model's
-    training inputs (the LM is loaded at the first chunk that needs it). Empty documents are left
-    out; records that point into a store made with another LM or prompt are refused."""
+    training inputs. The LM is loaded at the first chunk that needs it; with `known` (the LM as
+    recorded when it was last loaded here, `st.known`), only for documents the cache lacks. Empty
+    documents are left out; records that point into a store made with another LM or prompt are
+    refused."""
     source = model.config.get("input_source") or model.config
     prompt = Prompt(**source["prompt"]) if source.get("prompt") else Prompt()
     max_tokens = int(source.get("max_tokens") or EncodeOptions.max_tokens)
@@ -74,9 +78,10 @@ def infer(
             if encoder is None:
                 from st.encoder import Encoder
 
-                lm = load_lm()
+                view = known() if known is not None else None
+                lm = view if view is not None else load_lm()
                 check_lm(model, lm, "the LM")
-                encoder = Encoder(lm, cache)
+                encoder = Encoder(lm, cache, load_lm)
             x, _ = encoder.encode(texts, prompt, max_tokens, batch_tokens=batch_tokens, batch_size=lm_batch_size)
         else:
             x = vocab.bag_of_words(texts, model.vocab).toarray()

@@ -113,13 +113,14 @@ def build(
     top_rows = representative_rows(theta, 3)
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(n, map_documents, replace=False)) if n > map_documents else np.arange(n)
-    recs = corpus.records()
-    text = [str(rec.get(field_name, "")) for rec in recs]
+    # Only the documents shown are parsed (a store may hold millions), and the labels alone of the rest.
+    shown = sorted({*sample.tolist(), *(j for rows in top_rows for j in rows)})
+    text = dict(zip(shown, (str(v or "") for v in corpus.field(field_name, shown)), strict=True))
     if map_input == "hidden":
         x = np.asarray(corpus.take("hidden", sample.tolist()), np.float32)
     else:
         x = np.sqrt(theta[sample])  # Euclidean distance between these is the Hellinger distance
-    labels = [rec.get("label") for rec in recs]
+    labels = corpus.field("label")
     topic_label, label_names = None, []
     if n and all(lab is not None for lab in labels):
         label_names = sorted({str(lab) for lab in labels})

@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,17 @@ def _read_attrs(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError, AttributeError):
         return None
     return attrs if isinstance(attrs, dict) and attrs.get("format") == FORMAT else None
+
+
+def spans(rows: np.ndarray, chunk: int) -> Iterator[tuple[int, int, np.ndarray]]:
+    """`rows` grouped by the store chunk they lie in: (first row, last row + 1, the positions in
+    `rows` of that chunk's rows), chunk by chunk, so that each chunk is read once."""
+    if len(rows) == 0:
+        return
+    order = np.argsort(rows, kind="stable")
+    cuts = np.flatnonzero(np.diff(rows[order] // chunk)) + 1
+    for where in np.split(order, cuts):
+        yield int(rows[where].min()), int(rows[where].max()) + 1, where
 
 
 def _check_finite(values: np.ndarray, name: str, where: str, first: int = 0) -> None:
@@ -92,6 +103,20 @@ class Corpus(abc.ABC):
         """A few rows of an array, without reading the rest (search hits out of millions)."""
         values = self.array(name)
         return [values[j] for j in rows]
+
+    def field(self, name: str, rows: Sequence[int] | None = None) -> list[Any]:
+        """One field of the records of `rows` (all by default; None where a record lacks it),
+        parsed a chunk at a time, so that a million records never sit in memory at once."""
+        from st.records import parse_object
+
+        if rows is not None:
+            found = self.take("records", rows)
+            return [parse_object(str(r), self.name, j).get(name) for r, j in zip(found, rows, strict=True)]
+        out = []
+        for start in range(0, self.rows, self.chunk_rows):
+            part = self.read("records", start, start + self.chunk_rows)
+            out += [parse_object(str(r), self.name, start + i).get(name) for i, r in enumerate(part)]
+        return out
 
     def read(self, name: str, start: int, stop: int) -> np.ndarray:
         """Rows start to stop of an array, without reading the rest."""
@@ -342,6 +367,8 @@ class Store(Corpus):
             raise InputError(f"damaged store ({type(e).__name__}); re-create it with `st softlabel`", name) from None
         self.attrs: dict[str, Any] = dict(attrs)
         self.rows = int(attrs.get("rows", 0))
+        self._nodes: dict[str, zarr.Array] = {}
+        self._indptr: np.ndarray | None = None
 
     def __contains__(self, name: str) -> bool:
         try:
@@ -355,7 +382,7 @@ class Store(Corpus):
             raise InputError(f"the store has no {name!r} array", str(self.path))
         try:
             values = np.asarray(
-                _array(self.group, name)[: self.rows] if name != "vocab" else _array(self.group, name)[:]
+                self.node(name)[: self.rows] if name != "vocab" else self.node(name)[:]
             )
         except Exception as e:
             raise InputError(
@@ -369,7 +396,7 @@ class Store(Corpus):
             raise InputError(f"the store has no {name!r} array", str(self.path))
         stop = min(stop, self.rows)
         try:
-            values = np.asarray(_array(self.group, name)[start:stop])
+            values = np.asarray(self.node(name)[start:stop])
         except Exception as e:
             raise InputError(
                 f"damaged {name!r} array ({type(e).__name__}); re-create the store", str(self.path)
@@ -382,15 +409,23 @@ class Store(Corpus):
 
     def bow_rows(self, start: int, stop: int) -> sparse.csr_matrix:
         stop = min(stop, self.rows)
-        indptr = np.asarray(_array(self.group, "bow/indptr")[start : stop + 1])
+        if self._indptr is None:  # 8 bytes a document, read once: each chunk then costs two reads
+            self._indptr = np.asarray(self.node("bow/indptr")[: self.rows + 1])
+        indptr = self._indptr[start : stop + 1]
         first, last = int(indptr[0]), int(indptr[-1])
-        indices = np.asarray(_array(self.group, "bow/indices")[first:last])
-        data = np.asarray(_array(self.group, "bow/data")[first:last])
+        indices = np.asarray(self.node("bow/indices")[first:last])
+        data = np.asarray(self.node("bow/data")[first:last])
         return sparse.csr_matrix((data, indices, indptr - first), shape=(stop - start, self.vocab_size))
 
     @property
     def vocab_size(self) -> int:
-        return int(_array(self.group, "vocab").shape[0])
+        return int(self.node("vocab").shape[0])
+
+    def node(self, name: str) -> zarr.Array:
+        """The array `name`, opened once (opening reads its metadata from disk)."""
+        if name not in self._nodes:
+            self._nodes[name] = _array(self.group, name)
+        return self._nodes[name]
 
     @property
     def chunk_rows(self) -> int:
@@ -398,10 +433,15 @@ class Store(Corpus):
         return int(node.chunks[0]) if isinstance(node, zarr.Array) else CHUNK_ROWS
 
     def take(self, name: str, rows: Sequence[int]) -> list[Any]:
-        if name not in self:
-            raise InputError(f"the store has no {name!r} array", str(self.path))
-        values = _array(self.group, name)
-        return [values[j] for j in rows]
+        wanted = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if len(wanted) and not (0 <= wanted.min() and wanted.max() < self.rows):
+            raise InputError(f"no row {int(wanted.max())} in the store ({self.rows} rows)", str(self.path))
+        out: list[Any] = [None] * len(wanted)
+        for start, stop, where in spans(wanted, self.chunk_rows):  # each chunk read once
+            block = self.read(name, start, stop)
+            for w in where.tolist():
+                out[w] = block[wanted[w] - start]
+        return out
 
     def write_theta(self, model_id: str, theta: np.ndarray, attrs: dict[str, Any]) -> None:
         """θ of every row under `theta/<model id>`, beside other models' θ."""

@@ -27,7 +27,7 @@ from st import progress
 from st.errors import InputError
 from st.models import VAE, FASTopic, GensimLDA, TopicConfig, build
 from st.options import TEMPERATURE, TOP_WORDS, TrainOptions
-from st.store import Corpus, Store
+from st.store import Corpus, Store, spans
 
 MODEL_FORMAT = "st-model"
 MODEL_VERSION = 1
@@ -180,17 +180,6 @@ def normalized(bow: Any) -> np.ndarray:
     dense = bow.toarray().astype(np.float64)
     total = dense.sum(axis=1, keepdims=True)
     return dense / np.where(total == 0, 1, total)
-
-
-def spans(rows: np.ndarray, chunk: int) -> Iterator[tuple[int, int, np.ndarray]]:
-    """`rows` grouped by the store chunk they lie in: (first row, last row + 1, the positions in
-    `rows` of that chunk's rows), chunk by chunk, so that each chunk is read once."""
-    if len(rows) == 0:
-        return
-    order = np.argsort(rows, kind="stable")
-    cuts = np.flatnonzero(np.diff(rows[order] // chunk)) + 1
-    for where in np.split(order, cuts):
-        yield int(rows[where].min()), int(rows[where].max()) + 1, where
 
 
 def rows_bow(store: Corpus, rows: np.ndarray) -> sparse.csr_matrix:

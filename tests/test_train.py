@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 
 import numpy as np
 import orjson
@@ -149,6 +150,16 @@ def test_infer_on_training_documents_reproduces_the_stored_theta(store, tmp_path
     np.testing.assert_allclose(
         np.asarray([orjson.loads(x)["theta"] for x in r3.stdout_bytes.splitlines()]), stored, atol=2e-6
     )
+    # Every document is in the LM cache: the LM is not even loaded (transformers not imported).
+    r4 = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "st", "infer", "-m", str(tmp_path / "m"), str(EXAMPLES)],
+        capture_output=True,
+        env=st_env(cache_dir),
+    )
+    assert r4.returncode == 0, r4.stderr.decode()[-2000:]
+    imported = {line.split("|")[-1].strip() for line in r4.stderr.decode().splitlines() if "|" in line}
+    assert "transformers" not in imported
+    assert [orjson.loads(x)["theta"] for x in r4.stdout.splitlines()] == [o["theta"] for o in out]
 
 
 def test_infer_refuses_records_from_another_lm(store, tmp_path, cache_dir, embedded_folder):
