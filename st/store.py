@@ -126,6 +126,18 @@ class Corpus(abc.ABC):
         """Rows start to stop of the bag of words, without reading the rest."""
         return self.bow()[start:stop]
 
+    def read_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """The given rows (sorted, distinct) of an array, without reading the rest."""
+        return self.array(name)[rows]
+
+    def bow_of(self, rows: np.ndarray) -> sparse.csr_matrix:
+        """The bag of words of the given rows (sorted, distinct), without reading the rest."""
+        return self.bow()[rows]
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.array("vocab"))
+
     @property
     def chunk_rows(self) -> int:
         """Rows that are read together: a store's chunk (reading part of one costs the whole)."""
@@ -381,9 +393,7 @@ class Store(Corpus):
         if name not in self:
             raise InputError(f"the store has no {name!r} array", str(self.path))
         try:
-            values = np.asarray(
-                self.node(name)[: self.rows] if name != "vocab" else self.node(name)[:]
-            )
+            values = np.asarray(self.node(name)[: self.rows] if name != "vocab" else self.node(name)[:])
         except Exception as e:
             raise InputError(
                 f"damaged {name!r} array ({type(e).__name__}); re-create the store", str(self.path)
@@ -409,13 +419,44 @@ class Store(Corpus):
 
     def bow_rows(self, start: int, stop: int) -> sparse.csr_matrix:
         stop = min(stop, self.rows)
-        if self._indptr is None:  # 8 bytes a document, read once: each chunk then costs two reads
-            self._indptr = np.asarray(self.node("bow/indptr")[: self.rows + 1])
-        indptr = self._indptr[start : stop + 1]
+        indptr = self.bow_index()[start : stop + 1]
         first, last = int(indptr[0]), int(indptr[-1])
         indices = np.asarray(self.node("bow/indices")[first:last])
         data = np.asarray(self.node("bow/data")[first:last])
         return sparse.csr_matrix((data, indices, indptr - first), shape=(stop - start, self.vocab_size))
+
+    def bow_index(self) -> np.ndarray:
+        """The bag of words' CSR index (8 bytes a document), read once: a chunk then costs two reads."""
+        if self._indptr is None:
+            self._indptr = np.asarray(self.node("bow/indptr")[: self.rows + 1])
+        return self._indptr
+
+    def read_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
+        if name not in self:
+            raise InputError(f"the store has no {name!r} array", str(self.path))
+        node = self.node(name)
+        try:
+            values = np.asarray(node.oindex[(rows,) + (slice(None),) * (node.ndim - 1)])
+        except Exception as e:
+            raise InputError(
+                f"damaged {name!r} array ({type(e).__name__}); re-create the store", str(self.path)
+            ) from None
+        _check_finite(values, name, str(self.path), int(rows[0]) if len(rows) else 0)
+        return values
+
+    def bow_of(self, rows: np.ndarray) -> sparse.csr_matrix:
+        index = self.bow_index()
+        starts, ends = index[rows], index[np.asarray(rows) + 1]
+        lengths = ends - starts
+        indptr = np.concatenate([[0], np.cumsum(lengths)])
+        # The positions of every row's entries, in one request per array.
+        where = np.repeat(starts - indptr[:-1], lengths) + np.arange(indptr[-1])
+        if len(where):
+            indices = np.asarray(self.node("bow/indices").oindex[where])
+            data = np.asarray(self.node("bow/data").oindex[where])
+        else:
+            indices, data = np.zeros(0, np.int32), np.zeros(0, np.float32)
+        return sparse.csr_matrix((data, indices, indptr), shape=(len(rows), self.vocab_size))
 
     @property
     def vocab_size(self) -> int:

@@ -105,6 +105,7 @@ class Fitted:
 
 SALIENCE_KEY = "st.salience"
 THETA_ROWS = 16384  # documents whose inputs are in memory at once when θ is computed
+TARGET_ROWS = 4096  # documents whose targets are computed at once (in float64: 64 MB at V = 2,000)
 
 
 def salience(theta: np.ndarray, bow: Any, beta: np.ndarray) -> np.ndarray:
@@ -235,36 +236,43 @@ class TrainingData:
 
     def targets(self, start: int, stop: int) -> np.ndarray:
         """The reconstruction target of store rows start to stop."""
+        logits = None if self.opts.target == "bow" else self.corpus.read("logits", start, stop)
+        return self.target(logits, self.corpus.bow_rows(start, stop))
+
+    def target(self, logits: np.ndarray | None, bow: Any) -> np.ndarray:
+        """The reconstruction target of documents with these logits and bag of words."""
         opts = self.opts
-        if opts.target == "bow":
-            return normalized(self.corpus.bow_rows(start, stop)).astype(np.float32)
-        logits = self.corpus.read("logits", start, stop).astype(np.float64)
+        if logits is None:
+            return normalized(bow).astype(np.float32)
+        z = logits.astype(np.float64)
         if self.mean is not None:
-            logits -= self.mean
-        target = soft_label(logits, self.tau, opts.topk, opts.sparsity)
+            z -= self.mean
+        target = soft_label(z, self.tau, opts.topk, opts.sparsity)
         if opts.bow_weight > 0:
             # Anchor the LM's guess in the words the document actually has; a document without a
             # vocabulary word keeps its soft label whole.
-            bow = normalized(self.corpus.bow_rows(start, stop))
-            weight = np.where(bow.sum(axis=1, keepdims=True) > 0, opts.bow_weight, 0.0)
-            target = ((1 - weight) * target + weight * bow).astype(np.float32)
+            words = normalized(bow)
+            weight = np.where(words.sum(axis=1, keepdims=True) > 0, opts.bow_weight, 0.0)
+            target = ((1 - weight) * target + weight * words).astype(np.float32)
         return target
 
     def read(self, positions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inputs and targets of the documents at `positions` (into `rows`), in that order."""
-        rows = self.rows[positions]
-        x: np.ndarray | None = None
-        y: np.ndarray | None = None
-        for start, stop, where in spans(rows, self.corpus.chunk_rows):
-            local = rows[where] - start
-            xs = model_inputs(self.corpus, self.opts.input, start, stop)[local]
-            ys = self.targets(start, stop)[local]
-            if x is None or y is None:
-                x = np.empty((len(rows), xs.shape[1]), np.float32)
-                y = np.empty((len(rows), ys.shape[1]), np.float32)
-            x[where], y[where] = xs, ys
-        assert x is not None and y is not None
-        return torch.from_numpy(x), torch.from_numpy(y)
+        """Inputs and targets of the documents at `positions` (into `rows`), in that order. The
+        rows are fetched in one request per array (the store reads their chunks concurrently);
+        targets are computed a block at a time, their float64 work bounded."""
+        rows, back = np.unique(self.rows[positions], return_inverse=True)
+        corpus = self.corpus
+        x = corpus.read_rows("hidden", rows).astype(np.float32) if self.opts.input == "hidden" else None
+        bow = corpus.bow_of(rows)
+        logits = corpus.read_rows("logits", rows) if self.opts.target != "bow" else None
+        y = np.empty((len(rows), corpus.vocab_size), np.float32)
+        for b in range(0, len(rows), TARGET_ROWS):
+            y[b : b + TARGET_ROWS] = self.target(
+                None if logits is None else logits[b : b + TARGET_ROWS], bow[b : b + TARGET_ROWS]
+            )
+        if x is None:
+            x = bow.toarray().astype(np.float32)
+        return torch.from_numpy(x[back]), torch.from_numpy(y[back])
 
     def windows(self, shuffle: torch.Generator) -> Iterator[np.ndarray]:
         """One epoch's windows, as positions into `rows`."""

@@ -69,3 +69,52 @@ def test_damaged_stores_are_refused(tmp_path, damage):
         expected = "no such store"
     with pytest.raises(InputError, match=expected):
         Store(path)
+
+
+def test_rows_read_a_chunk_at_a_time_equal_the_whole_arrays(tmp_path):
+    rng = np.random.default_rng(0)
+    n, v = 23, 5
+    w = StoreWriter(tmp_path / "s.zarr", {"kind": "softlabel"}, hidden_size=3, vocab=list("abcde"), chunk_rows=4)
+    hidden = rng.standard_normal((n, 3)).astype(np.float32)
+    logits = (rng.standard_normal((n, v)) * 10).astype(np.float32)
+    counts = rng.integers(0, 3, (n, v)).astype(np.float32) * (rng.random((n, v)) < 0.4)
+    recs = [json.dumps({"text": f"doc {i}", **({"label": f"l{i % 3}"} if i != 7 else {})}) for i in range(n)]
+    for start in range(0, n, 6):  # appends that do not line up with the chunks
+        stop = min(start + 6, n)
+        w.append(
+            [f"d{i}" for i in range(start, stop)],
+            recs[start:stop],
+            hidden[start:stop],
+            logits[start:stop],
+            sparse.csr_matrix(counts[start:stop]),
+        )
+    w.finish()
+    s = Store(tmp_path / "s.zarr")
+    assert s.chunk_rows == 4 and s.node("logits").dtype == np.float16  # float16 logits by default
+    np.testing.assert_array_equal(s.array("logits"), logits.astype(np.float16))
+    for start, stop in [(0, 4), (3, 9), (20, 23), (22, 40)]:
+        np.testing.assert_array_equal(s.read("hidden", start, stop), hidden[start:stop])
+        np.testing.assert_array_equal(s.bow_rows(start, stop).toarray(), counts[start : min(stop, n)])
+    rows = [17, 2, 2, 22, 0, 9]
+    assert s.take("ids", rows) == [f"d{i}" for i in rows]
+    np.testing.assert_array_equal(np.stack(s.take("hidden", rows)), hidden[rows])
+    assert s.field("text", rows) == [f"doc {i}" for i in rows]
+    assert s.field("label") == [f"l{i % 3}" if i != 7 else None for i in range(n)]
+    with pytest.raises(InputError, match="no row 23"):
+        s.take("ids", [1, 23])
+
+
+def test_rows_fetched_in_one_request_equal_the_whole_arrays(tmp_path):
+    rng = np.random.default_rng(1)
+    n, v = 37, 6
+    w = StoreWriter(tmp_path / "s.zarr", {"kind": "softlabel"}, hidden_size=2, vocab=list("abcdef"), chunk_rows=5)
+    counts = rng.integers(0, 4, (n, v)).astype(np.float32) * (rng.random((n, v)) < 0.3)
+    counts[[3, 4, 30]] = 0  # documents without a vocabulary word
+    hidden = rng.standard_normal((n, 2)).astype(np.float32)
+    w.append([str(i) for i in range(n)], ["{}"] * n, hidden, rng.standard_normal((n, v)), sparse.csr_matrix(counts))
+    w.finish()
+    s = Store(tmp_path / "s.zarr")
+    for rows in ([0], [3, 4], [1, 2, 9, 17, 30, 36], list(range(n)), []):
+        r = np.asarray(rows, dtype=np.int64)
+        np.testing.assert_array_equal(s.bow_of(r).toarray(), counts[r].reshape(len(r), v))
+        np.testing.assert_array_equal(s.read_rows("hidden", r), hidden[r].reshape(len(r), 2))
