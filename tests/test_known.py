@@ -48,7 +48,7 @@ def test_a_fully_cached_run_loads_neither_torch_nor_the_model(tiny_model, cache_
     docs = tmp_path / "docs.jsonl"
     rows = read_jsonl(EXAMPLES, 12)
     docs.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
-    lm = ["--lm", str(tiny_model), "--dtype", "bfloat16", "--vocab-size", "60", "--logits-dtype", "float32"]
+    lm = ["--lm", str(tiny_model), "--dtype", "bfloat16", "--logits-dtype", "float32", "--vocab-size", "60"]
     first = run(cache_dir, "softlabel", str(docs), "-o", str(tmp_path / "a.zarr"), *lm, "-q")
     assert first.returncode == 0, first.stderr.decode()
     assert list((cache_dir / "facts").glob("*/lm.json"))
@@ -89,7 +89,7 @@ def test_a_fully_cached_run_loads_neither_torch_nor_the_model(tiny_model, cache_
     more.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in read_jsonl(EXAMPLES, 16)))
     vocab = tmp_path / "vocab.json"
     vocab.write_text(json.dumps(zarr.open_group(str(tmp_path / "a.zarr"), mode="r")["vocab"][:].tolist()))
-    third = run(cache_dir, "softlabel", str(more), "-o", str(tmp_path / "c.zarr"), "--vocab", str(vocab), *lm[:4])
+    third = run(cache_dir, "softlabel", str(more), "-o", str(tmp_path / "c.zarr"), "--vocab", str(vocab), *lm[:6])
     assert third.returncode == 0, third.stderr.decode()
     assert "4 through the LM, 12 from the cache" in third.stderr.decode()
     c = arrays(tmp_path / "c.zarr")

@@ -77,8 +77,9 @@ def test_search_and_the_eval_rater_pass_trust_remote_code_through(store, tmp_pat
 
     monkeypatch.setattr(lm_module.LM, "__init__", init)
     base = ["-q", "-m", str(tmp_path / "m"), "--store", str(path), "--cache-dir", str(cache_dir)]
-    for flag in ([], ["--trust-remote-code"]):
-        r = runner.invoke(cli, ["search", *base, "apache virtual hosts", *flag])
+    for query, flag in (("apache virtual hosts", []), ("python list sorting", ["--trust-remote-code"])):
+        # Another query each time: a cached one needs no LM loaded at all.
+        r = runner.invoke(cli, ["search", *base, query, *flag])
         assert r.exit_code == 0, r.output
         r = runner.invoke(cli, ["eval", *base, "--metrics", "td", "--llm-rating", "--rater", str(tiny_model), *flag])
         assert r.exit_code == 0, r.output

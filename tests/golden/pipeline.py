@@ -68,7 +68,9 @@ def outputs(tiny: Path, cache: Path, tmp: Path) -> dict[str, Any]:
     lm = [a.format(tiny=tiny) for a in LM_FLAGS]
     out: dict[str, Any] = {}
     out["vocab"] = run(["vocab", str(src), "--size", "50", "-q"], cache).decode()
-    records = run(["softlabel", str(src), "-o", str(store), *lm, "--vocab-size", "120", "-q"], cache)
+    # float32 logits, as every store had when the outputs were recorded (float16 is the default since).
+    softlabel = ["softlabel", str(src), "-o", str(store), *lm, "--vocab-size", "120", "--logits-dtype", "float32"]
+    records = run([*softlabel, "-q"], cache)
     g = zarr.open_group(str(store), mode="r")
     for name in ("hidden", "logits", "bow/indptr", "bow/indices", "bow/data"):
         out[f"store/{name}"] = np.asarray(g[name][:])
