@@ -257,22 +257,29 @@ class TrainingData:
         return target
 
     def read(self, positions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inputs and targets of the documents at `positions` (into `rows`), in that order. The
-        rows are fetched in one request per array (the store reads their chunks concurrently);
-        targets are computed a block at a time, their float64 work bounded."""
-        rows, back = np.unique(self.rows[positions], return_inverse=True)
+        """Inputs and targets of the documents at `positions` (into `rows`): in that order for the
+        whole corpus, in store order for a window (which training shuffles anyway), so that its
+        rows need no copy. Each array is fetched in a few requests (the store reads their chunks
+        concurrently); targets are computed a block at a time, their float64 work bounded."""
+        rows = self.rows[positions]
+        if not self.whole:
+            rows = np.sort(rows)
+        distinct, back = np.unique(rows, return_inverse=True)
         corpus = self.corpus
-        x = corpus.read_rows("hidden", rows).astype(np.float32) if self.opts.input == "hidden" else None
-        bow = corpus.bow_of(rows)
-        logits = corpus.read_rows("logits", rows) if self.opts.target != "bow" else None
-        y = np.empty((len(rows), corpus.vocab_size), np.float32)
-        for b in range(0, len(rows), TARGET_ROWS):
-            y[b : b + TARGET_ROWS] = self.target(
-                None if logits is None else logits[b : b + TARGET_ROWS], bow[b : b + TARGET_ROWS]
-            )
+        x = corpus.read_rows("hidden", distinct).astype(np.float32) if self.opts.input == "hidden" else None
         if x is None:
-            x = bow.toarray().astype(np.float32)
-        return torch.from_numpy(x[back]), torch.from_numpy(y[back])
+            x = np.empty((len(distinct), corpus.vocab_size), np.float32)
+        y = np.empty((len(distinct), corpus.vocab_size), np.float32)
+        for b in range(0, len(distinct), TARGET_ROWS):
+            block = distinct[b : b + TARGET_ROWS]
+            bow = corpus.bow_of(block)
+            logits = corpus.read_rows("logits", block) if self.opts.target != "bow" else None
+            y[b : b + TARGET_ROWS] = self.target(logits, bow)
+            if self.opts.input == "bow":
+                x[b : b + TARGET_ROWS] = bow.toarray()
+        if len(distinct) < len(rows) or not np.array_equal(distinct, rows):
+            x, y = x[back], y[back]
+        return torch.from_numpy(x), torch.from_numpy(y)
 
     def windows(self, shuffle: torch.Generator) -> Iterator[np.ndarray]:
         """One epoch's windows, as positions into `rows`."""
@@ -434,6 +441,7 @@ def fit_model(store: Corpus, rows: np.ndarray, opts: TrainOptions) -> tuple[Fitt
                     optimizer.step()
                     total += loss.item() * len(idx)
                     seen += len(idx)
+                del x, y  # before the next window is read: one window in memory at a time
             losses.append(total / max(seen, 1))
             bar.advance()
             if checkpoint is not None and (epoch + 1) % opts.checkpoint_every == 0 and epoch + 1 < opts.epochs:
