@@ -66,8 +66,10 @@ def tiled(source: Path, n: int, work: Path) -> tuple[Path, Path]:
     """A store of n rows tiling the source's, and the matching documents as JSONL."""
     src = Store(source)
     path, docs = work / f"tiled-{n}.zarr", work / f"tiled-{n}.jsonl"
-    if docs.is_file() and (path / "zarr.json").is_file() and Store(path).rows == n:
-        return path, docs  # kept (--keep) from an earlier run
+    if docs.is_file() and (path / "zarr.json").is_file():
+        kept = Store(path, require_complete=False)
+        if kept.attrs.get("complete") and kept.rows == n:
+            return path, docs  # kept (--keep) from an earlier run
     m = src.rows
     hidden, logits, bow = src.array("hidden"), src.array("logits"), src.bow()
     recs = [orjson.loads(r) for r in src.array("records")]
