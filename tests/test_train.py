@@ -628,17 +628,21 @@ def test_infer_reads_each_stores_attributes_afresh_in_every_call(store, tmp_path
 # --- training a window at a time (corpora past memory) ------------------------------------------
 
 
-@pytest.fixture
-def chunked(store, tiny_model, cache_dir, tmp_path):
-    """The example store again, in chunks of 16 rows (the LM cache answers: no LM work)."""
-    path = tmp_path / "chunked.zarr"
+def store_again(path, tiny_model, cache_dir, *flags: str) -> Store:
+    """The example store made again with other flags (the LM cache answers: no LM work)."""
     r = CliRunner().invoke(
         cli,
         ["softlabel", str(EXAMPLES), "-o", str(path), "--lm", str(tiny_model), "--cache-dir", str(cache_dir)]
-        + ["--dtype", "float32", "--vocab-size", "300", "--chunk-rows", "16", "-q"],
+        + ["--dtype", "float32", "--vocab-size", "300", *flags, "-q"],
     )
     assert r.exit_code == 0, r.output
     return Store(path)
+
+
+@pytest.fixture
+def chunked(store, tiny_model, cache_dir, tmp_path):
+    """The example store again, in chunks of 16 rows."""
+    return store_again(tmp_path / "chunked.zarr", tiny_model, cache_dir, "--chunk-rows", "16")
 
 
 def reference_training(s: Store, rows: np.ndarray, opts: TrainOptions) -> ProdLDA:
@@ -770,14 +774,7 @@ def test_logits_are_kept_in_float16_by_default_and_float32_on_request(store, tin
     path, _ = store
     half = Store(path)
     assert half.group["logits"].dtype == np.float16
-    full_path = tmp_path / "f32.zarr"
-    r = CliRunner().invoke(
-        cli,
-        ["softlabel", str(EXAMPLES), "-o", str(full_path), "--lm", str(tiny_model), "--cache-dir", str(cache_dir)]
-        + ["--dtype", "float32", "--vocab-size", "300", "--logits-dtype", "float32", "-q"],
-    )
-    assert r.exit_code == 0, r.output
-    full = Store(full_path)
+    full = store_again(tmp_path / "f32.zarr", tiny_model, cache_dir, "--logits-dtype", "float32")
     assert full.group["logits"].dtype == np.float32
     # Rounding to nearest, as numpy casts: the float16 store holds the float32 logits rounded.
     np.testing.assert_array_equal(half.array("logits"), full.array("logits").astype(np.float16))
