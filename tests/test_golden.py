@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from st.lm_files import fingerprint_path
 from tests.golden.pipeline import GOLDEN, outputs
 
 ATOL = 1e-4
@@ -73,9 +74,13 @@ def current(tiny_model, models_cache, tmp_path_factory) -> dict[str, Any]:
     return outputs(tiny_model, cache, work)
 
 
-def test_commands_give_the_outputs_recorded_before_the_redesign(current):
+def test_commands_give_the_outputs_recorded_before_the_redesign(current, tiny_model):
     golden = np.load(GOLDEN)
     assert set(golden.files) == set(current)
+    # The random test model is saved anew by the installed transformers, whose version its config.json
+    # names: the files' fingerprint may change while the weights (and every output) stay the same.
+    recorded = json.loads(str(golden["store/attrs"]))["lm"]["fingerprint"]
+    now = fingerprint_path(tiny_model)
     for name in golden.files:
         gold, new = golden[name], current[name]
         if gold.dtype.kind in "fiu":
@@ -86,7 +91,7 @@ def test_commands_give_the_outputs_recorded_before_the_redesign(current):
             else:
                 np.testing.assert_array_equal(new, gold, err_msg=name)
         else:
-            text = str(gold)
+            text = str(gold).replace(recorded, now)
             if name.endswith("/config") or name.startswith("store/") or name in ("vocab", "eval/stdout"):
                 same_json(json.loads(text), json.loads(new), name)
             else:
