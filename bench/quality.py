@@ -83,6 +83,8 @@ MODELS: dict[str, tuple[str, list[str]]] = {
         ["--target", "bow", "--input", "hidden", "--decoder-norm", "0.5"],
     ),
     "dsl-bow7": ("DSL-ProdLDA, target + 0.7 bag of words", ["--bow-weight", "0.7"]),
+    "dsl-kmeans": ("DSL-ProdLDA, β started at k-means clusters of the inputs", ["--init", "kmeans"]),
+    "dsl-restarts3": ("DSL-ProdLDA, best of 3 restarts by training objective", ["--restarts", "3"]),
     "dsl-etm": ("DSL-ETM", ["--backbone", "etm"]),
     "dsl-ecrtm": ("DSL-ECRTM", ["--backbone", "ecrtm"]),
     "dsl-fastopic": ("DSL-FASTopic", ["--backbone", "fastopic"]),

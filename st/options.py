@@ -392,6 +392,19 @@ class TrainOptions(Options):
         help="Training documents in memory at once: each epoch reads the store's chunks in a random order, "
         "this many documents at a time, shuffled within (0: the whole corpus).",
     )
+    restarts: int = option(
+        1,
+        "--restarts",
+        min=1,
+        help="Train this many times from different seeds and keep the model with the lowest training objective "
+        "(measured over all training documents at the end; no labels).",
+    )
+    init: str = option(
+        "random",
+        "--init",
+        choices=("random", "kmeans"),
+        help="prodlda: start β at random, or at the mean targets of a k-means clustering of the encoder's inputs.",
+    )
     samples: int = option(10, "--samples", min=1, help="θ draws averaged at inference.")
     seed: int = option(0, "--seed", help="Random seed (same seed, same machine: same model).")
     hidden: list[int] = dataclasses.field(default_factory=lambda: [200, 200])

@@ -25,7 +25,7 @@ from scipy import sparse
 
 from st import progress
 from st.errors import InputError
-from st.models import VAE, FASTopic, GensimLDA, TopicConfig, build
+from st.models import VAE, FASTopic, GensimLDA, ProdLDA, TopicConfig, build
 from st.options import TEMPERATURE, TOP_WORDS, TrainOptions
 from st.store import Corpus, Store, spans
 
@@ -320,6 +320,9 @@ def model_id(opts: TrainOptions, store: Corpus, rows: np.ndarray) -> str:
     identity = {k: v for k, v in asdict(opts).items() if k != "checkpoint_every"}
     if not opts.window or opts.window >= len(rows):  # the same training whatever the window
         identity.pop("window")
+    for added, default in (("restarts", 1), ("init", "random")):  # options added later: ids kept
+        if identity[added] == default:
+            identity.pop(added)
     # What made the encoder's input is part of the model: `st embed` may replace a store's hidden states.
     source = store.attrs.get("hidden_source") if opts.input == "hidden" else None
     spec = json.dumps([identity, store.attrs.get("vocab_fingerprint"), store.attrs.get("lm"), source], sort_keys=True)
@@ -400,19 +403,81 @@ def fit_model(store: Corpus, rows: np.ndarray, opts: TrainOptions) -> tuple[Fitt
         embedding_size=opts.embedding_size,
     )
 
+    identity = model_id(opts, store, rows)
+    if opts.init != "random" and opts.backbone != "prodlda":
+        raise InputError(f"--init {opts.init} is for the prodlda backbone")
+    best: tuple[float, VAE | FASTopic, list[float]] | None = None
+    for restart in range(opts.restarts):
+        seed = restart_seed(opts.seed, restart)
+        # Each restart resumes from its own checkpoint; the first keeps the model's own name.
+        name = identity if restart == 0 else f"{identity}-restart{restart}"
+        checkpoint = checkpoint_path(store, name) if opts.checkpoint_every and store.path is not None else None
+        model, losses = fit_once(data, whole, config, opts, seed, checkpoint)
+        if opts.restarts == 1:
+            best = (0.0, model, losses)
+            break
+        objective = training_objective(model, data, whole, opts)
+        progress.info(f"st train: restart {restart + 1} of {opts.restarts} (seed {seed}): objective {objective:.4f}")
+        if best is None or objective < best[0]:
+            best = (objective, model, losses)
+    assert best is not None
+    _, model, losses = best
+    for restart in range(1, opts.restarts):
+        drop_checkpoint(store, f"{identity}-restart{restart}")
+    model.eval()
+    full = {
+        "format": MODEL_FORMAT,
+        "version": MODEL_VERSION,
+        "id": identity,
+        "backbone": opts.backbone,
+        "model": config.to_dict(),
+        "training": {
+            **asdict(opts),
+            "temperature": tau if opts.target == "softlabel" else None,
+            "documents": int(len(rows)),
+            "final_loss": losses[-1] if losses else None,
+        },
+        "vocab_fingerprint": store.attrs.get("vocab_fingerprint"),
+        "lm": store.attrs.get("lm"),
+        "prompt": store.attrs.get("prompt"),
+        "max_tokens": store.attrs.get("max_tokens"),
+        "input_source": store.attrs.get("hidden_source") if opts.input == "hidden" else None,
+    }
+    return Fitted(model, full, store.vocab()), losses
+
+
+def restart_seed(seed: int, restart: int) -> int:
+    """The seed of a restart: the run's own for the first; for the others, one derived from both,
+    so that the restarts of seeds 0 and 1 share no training."""
+    if restart == 0:
+        return seed
+    return int.from_bytes(hashlib.sha256(f"{seed}/{restart}".encode()).digest()[:4], "little") & 0x7FFFFFFF
+
+
+def fit_once(
+    data: TrainingData,
+    whole: tuple[torch.Tensor, torch.Tensor] | None,
+    config: TopicConfig,
+    opts: TrainOptions,
+    seed: int,
+    checkpoint: Path | None,
+) -> tuple[VAE | FASTopic, list[float]]:
+    """One training from `seed`, resumed from `checkpoint` where one is left."""
+
     def fresh() -> tuple[VAE | FASTopic, torch.optim.Optimizer, torch.Generator]:
-        torch.manual_seed(opts.seed)
+        torch.manual_seed(seed)
         model = build(config)
+        if opts.init == "kmeans":
+            assert isinstance(model, ProdLDA)
+            cluster_beta(model, data, whole, seed)
         return (
             model,
             torch.optim.Adam(model.parameters(), lr=opts.lr, betas=opts.betas),
-            torch.Generator().manual_seed(opts.seed),
+            torch.Generator().manual_seed(seed),
         )
 
     model, optimizer, shuffle = fresh()
     lam = float(opts.lam or 0.0)
-    identity = model_id(opts, store, rows)
-    checkpoint = checkpoint_path(store, identity) if opts.checkpoint_every and store.path is not None else None
     losses: list[float] = []
     if checkpoint is not None and checkpoint.is_file():
         restored = restore_checkpoint(checkpoint, model, optimizer, shuffle)
@@ -420,7 +485,7 @@ def fit_model(store: Corpus, rows: np.ndarray, opts: TrainOptions) -> tuple[Fitt
             model, optimizer, shuffle = fresh()
         else:
             losses = restored
-            progress.info(f"st train: resuming {identity} after epoch {len(losses)} of {opts.epochs}")
+            progress.info(f"st train: resuming {checkpoint.stem} after epoch {len(losses)} of {opts.epochs}")
     model.train()
     with progress.task("st train", total=opts.epochs, unit="epochs") as bar:
         bar.advance(len(losses))
@@ -447,25 +512,59 @@ def fit_model(store: Corpus, rows: np.ndarray, opts: TrainOptions) -> tuple[Fitt
             if checkpoint is not None and (epoch + 1) % opts.checkpoint_every == 0 and epoch + 1 < opts.epochs:
                 save_checkpoint(checkpoint, model, optimizer, shuffle, losses)
     model.eval()
-    full = {
-        "format": MODEL_FORMAT,
-        "version": MODEL_VERSION,
-        "id": identity,
-        "backbone": opts.backbone,
-        "model": config.to_dict(),
-        "training": {
-            **asdict(opts),
-            "temperature": tau if opts.target == "softlabel" else None,
-            "documents": int(len(rows)),
-            "final_loss": losses[-1] if losses else None,
-        },
-        "vocab_fingerprint": store.attrs.get("vocab_fingerprint"),
-        "lm": store.attrs.get("lm"),
-        "prompt": store.attrs.get("prompt"),
-        "max_tokens": store.attrs.get("max_tokens"),
-        "input_source": store.attrs.get("hidden_source") if opts.input == "hidden" else None,
-    }
-    return Fitted(model, full, store.vocab()), losses
+    return model, losses
+
+
+# Documents k-means sees when it starts β: a sample, so that a corpus of millions costs no more.
+KMEANS_ROWS = 20000
+
+
+@torch.no_grad()
+def cluster_beta(
+    model: ProdLDA, data: TrainingData, whole: tuple[torch.Tensor, torch.Tensor] | None, seed: int
+) -> None:
+    """Start each topic at a cluster of the documents: k-means of the encoder's inputs (standardised),
+    and β_k the log of the cluster's mean target, centred over the topics (the decoder norm centres
+    each word anyway). Random starts let two topics share one theme and leave another to none, the
+    main source of the spread between seeds; clusters start them apart."""
+    from sklearn.cluster import KMeans
+
+    rng = np.random.default_rng(seed)
+    n = len(data.rows)
+    sample = np.sort(rng.choice(n, KMEANS_ROWS, replace=False)) if n > KMEANS_ROWS else np.arange(n)
+    x, y = (whole[0][sample], whole[1][sample]) if whole is not None else data.read(sample)
+    features = x.double().numpy()
+    features = (features - features.mean(0)) / (features.std(0) + 1e-6)
+    k = model.config.k
+    if len(features) < k:
+        return  # fewer documents than topics: nothing to cluster, the random start stays
+    labels = KMeans(n_clusters=k, n_init=4, random_state=seed).fit_predict(features)
+    target = y.double().numpy()
+    means = np.stack([target[labels == c].mean(0) if (labels == c).any() else target.mean(0) for c in range(k)])
+    log = np.log(means + 1e-12)
+    model.beta.copy_(torch.from_numpy(log - log.mean(0)).to(model.beta.dtype))
+
+
+@torch.no_grad()
+def training_objective(
+    model: VAE | FASTopic, data: TrainingData, whole: tuple[torch.Tensor, torch.Tensor] | None, opts: TrainOptions
+) -> float:
+    """The training loss over every training document, in eval mode (no dropout) and with fixed draws:
+    what `--restarts` compares, the same for every restart."""
+    model.eval()
+    lam = float(opts.lam or 0.0)
+    total, seen = 0.0, 0
+    windows = [np.arange(len(data.rows))] if whole is not None else data.windows(torch.Generator().manual_seed(0))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        for positions in windows:
+            x, y = whole if whole is not None else data.read(positions)
+            batch = len(x) if opts.backbone == "fastopic" else 4096
+            for start in range(0, len(x), batch):
+                xb, yb = x[start : start + batch], y[start : start + batch]
+                total += float(model.loss(xb, yb, lam, opts.loss)) * len(xb)
+                seen += len(xb)
+    return total / max(seen, 1)
 
 
 def train(store: Corpus, rows: np.ndarray, opts: TrainOptions) -> tuple[Fitted, list[float]]:

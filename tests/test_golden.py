@@ -27,7 +27,7 @@ def same_ranking(gold: list[str], gold_scores: list[float], new: list[str], new_
 
 
 # Options added since the outputs were recorded: a model's config names them with their defaults.
-ADDED = {"window"}
+ADDED = {"window", "restarts", "init"}
 
 
 def same_json(gold: Any, new: Any, where: str) -> None:

@@ -780,3 +780,77 @@ def test_logits_are_kept_in_float16_by_default_and_float32_on_request(store, tin
     np.testing.assert_array_equal(half.array("logits"), full.array("logits").astype(np.float16))
     # Both train (the soft label is computed in float64 either way).
     assert run_train("-k", "3", "--store", str(path), "--epochs", "2").exit_code == 0
+
+
+def test_restarts_keep_the_training_with_the_lowest_objective(store, tmp_path):
+    import st.train as train_mod
+
+    path, _ = store
+    s = Store(path)
+    rows = np.arange(s.rows)
+    opts = TrainOptions(k=4, epochs=3, seed=2, checkpoint_every=0)
+    seeds = [train_mod.restart_seed(2, r) for r in range(3)]
+    assert seeds[0] == 2 and len(set(seeds)) == 3
+    # Another run's restarts share no training with this one's.
+    assert not set(seeds) & {train_mod.restart_seed(3, r) for r in range(3)}
+    data = train_mod.TrainingData.of(s, rows, opts)
+    x, y = data.read(rows)
+    singles, objectives = [], []
+    for seed in seeds:
+        single, _ = train_mod.fit_model(s, rows, TrainOptions(**{**opts.__dict__, "seed": seed}))
+        model = single.model
+        model.eval()
+        with torch.no_grad():  # the objective, written out: KL to the prior + λ KL(target ‖ reconstruction)
+            torch.manual_seed(0)
+            mu, logvar = model.posterior(x)
+            theta = torch.softmax(mu + torch.randn_like(mu) * torch.exp(0.5 * logvar), dim=-1)
+            log_recon = model.reconstruct(theta)
+            kl_target = (y * (torch.log(y.clamp_min(1e-30)) - log_recon)).sum(-1)
+            lam = float(train_mod.resolved(opts, len(rows)).lam or 0)
+            objectives.append(float((model.kl_prior(mu, logvar) + lam * kl_target).mean()))
+        singles.append(model)
+    best, _ = train_mod.fit_model(s, rows, TrainOptions(**{**opts.__dict__, "restarts": 3}))
+    winner = singles[int(np.argmin(objectives))]
+    assert torch.equal(best.model.beta, winner.beta)
+    assert best.config["training"]["restarts"] == 3
+    assert best.id != train_mod.model_id(train_mod.resolved(opts, len(rows)), s, rows)
+    r = run_train("-k", "4", "--store", str(path), "--epochs", "2", "--restarts", "2", "-o", str(tmp_path / "m"))
+    assert r.exit_code == 0, r.output
+    assert not list((path / "checkpoints").glob("*")) if (path / "checkpoints").exists() else True
+
+
+def test_kmeans_init_starts_each_topic_at_one_cluster_of_the_inputs():
+    from scipy import sparse
+
+    import st.train as train_mod
+    from st.store import MemoryCorpus
+
+    # Three groups of documents, far apart in the inputs, each with its own dominant target word.
+    rng = np.random.default_rng(0)
+    n, groups, vocab, hidden = 90, 3, 12, 16
+    group = np.repeat(np.arange(groups), n // groups)
+    centres = rng.normal(0, 10, (groups, hidden))
+    x = (centres[group] + rng.normal(0, 0.1, (n, hidden))).astype(np.float32)
+    logits = rng.normal(0, 0.1, (n, vocab)).astype(np.float32)
+    logits[np.arange(n), group] += 8.0  # group g's documents favour word g
+    corpus = MemoryCorpus(
+        {"temperature": 1.0},
+        {
+            "ids": np.array([str(i) for i in range(n)]),
+            "vocab": np.array([f"w{i}" for i in range(vocab)]),
+            "hidden": x,
+            "logits": logits,
+        },
+        sparse.csr_matrix((n, vocab), dtype=np.float32),
+    )
+    opts = train_mod.resolved(TrainOptions(k=groups, init="kmeans", bow_weight=0.0, calibrate=False), n)
+    data = train_mod.TrainingData.of(corpus, np.arange(n), opts)
+    whole = data.read(np.arange(n))
+    config = TopicConfig(input_size=hidden, vocab_size=vocab, k=groups, decoder_temperature=1.0)
+    model = ProdLDA(config)
+    train_mod.cluster_beta(model, data, whole, seed=0)
+    top = model.beta.argmax(dim=1).tolist()
+    assert sorted(top) == list(range(groups))  # each group's word leads exactly one topic
+    assert torch.allclose(model.beta.sum(0), torch.zeros(vocab), atol=1e-5)  # centred over the topics
+    with pytest.raises(Exception, match="prodlda"):
+        train_mod.fit_model(corpus, np.arange(n), TrainOptions(k=groups, init="kmeans", backbone="etm", epochs=1))
