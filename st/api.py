@@ -38,6 +38,7 @@ from st.encode import (
 from st.errors import InputError, UsageError
 from st.options import (
     TOP_WORDS,
+    EmbedderOptions,
     EncodeOptions,
     LMOptions,
     Options,
@@ -182,7 +183,10 @@ class LM:
 
 def trained_lm(fitted: Fitted, where: str | None = None, **options: Any) -> LM:
     """The LM (and dtype) a topic model's inputs came from; `where` overrides its location."""
-    identity = (fitted.config.get("input_source") or fitted.config).get("lm") or {}
+    source = fitted.config.get("input_source") or fitted.config
+    identity = source.get("lm") or {}
+    if source.get("embedder"):  # a sentence embedder's input: the LM beside it, if any
+        identity = source["embedder"].get("with_lm") or {}
     name = where or identity.get("model")
     if isinstance(name, str) and name.startswith("embedded:"):
         name = None
@@ -200,6 +204,17 @@ def vocabulary(texts: Documents, *, lm: LM | None = None, text_field: str = "tex
     return project_vocabulary(projector((lm or LM()).tokenizer()), words, opts.unique_prefix).words
 
 
+def embedder_backend(lm: LM, opts: EmbedderOptions, ray: RayOptions | None = None) -> Backend:
+    """The backend of `st embed --embedder`: the sentence embedder, beside the LM with `with_lm`."""
+    from st import embedder as embedder_mod
+
+    if ray is not None and ray.backend == "ray":
+        raise InputError("--embedder runs in this process; leave out --backend ray")
+    assert opts.embedder is not None
+    model = embedder_mod.SentenceEmbedder(embedder_mod.resolve(opts.embedder), lm.options.device)
+    return embedder_mod.EmbedderBackend(model, lm.backend() if opts.with_lm else None)
+
+
 def encode(
     documents: Callable[[], Iterable[records.Document]],
     kind: str,
@@ -215,14 +230,15 @@ def encode(
     name: str = "the documents",
     total: int | None = None,
     on_records: Callable[[list[dict[str, Any]]], None] | None = None,
+    embedder: EmbedderOptions | None = None,
 ) -> tuple[Corpus, Summary]:
     """`st softlabel` / `st embed` on documents that `documents()` reads (twice when the
-    vocabulary is built from them)."""
+    vocabulary is built from them); `st embed` with a sentence embedder when `embedder` names one."""
     if kind == "softlabel" and words is None:
         words = corpus_vocabulary(documents(), vocab or VocabOptions(), name)
     return encode_documents(
         documents(),
-        lm.backend(ray),
+        embedder_backend(lm, embedder, ray) if embedder is not None and embedder.embedder else lm.backend(ray),
         opts,
         labels if kind == "softlabel" else None,
         words,
@@ -281,10 +297,11 @@ def embed(
     progress: progress_mod.Callback | None = None,
     **options: Any,
 ) -> Corpus:
-    """The LM's hidden states of `texts` under the prompt (`st embed`): a corpus in memory, or the
-    store at `store` (a finished soft-label store of the same documents gets them added).
-    Options: the fields of `EncodeOptions` and `RayOptions`."""
-    enc, ray = split_options(options, EncodeOptions, RayOptions)
+    """The LM's hidden states of `texts` under the prompt (`st embed`), or with `embedder=` a
+    sentence embedder's (beside the LM's with `with_lm=True`): a corpus in memory, or the store at
+    `store` (a finished soft-label store of the same documents gets them added).
+    Options: the fields of `EncodeOptions`, `EmbedderOptions` and `RayOptions`."""
+    enc, embedder, ray = split_options(options, EncodeOptions, EmbedderOptions, RayOptions)
     items = list(texts)
     with progress_mod.reporting(progress):
         corpus, _ = encode(
@@ -297,6 +314,7 @@ def embed(
             force=force,
             text_field=text_field,
             total=len(items),
+            embedder=embedder,
         )
     return corpus
 

@@ -29,6 +29,7 @@ from st.errors import InputError, StError, UsageError
 from st.options import (
     TOP_WORDS,
     DocumentOptions,
+    EmbedderOptions,
     EncodeOptions,
     Flag,
     LMOptions,
@@ -258,6 +259,7 @@ def _encode(kind: str, input: str, kwargs: dict[str, Any]) -> None:
     labels = take(SoftLabelOptions, kwargs) if kind == "softlabel" else None
     vocab_opts = take(VocabOptions, kwargs) if kind == "softlabel" else None
     ray = take(RayOptions, kwargs)
+    embedder = take(EmbedderOptions, kwargs) if kind == "embed" else None
     lm = api.LM.from_options(take(LMOptions, kwargs))
     vocab_path = kwargs.pop("vocab_path", None)
     words = vocab_mod.load(vocab_path) if vocab_path else None
@@ -281,6 +283,7 @@ def _encode(kind: str, input: str, kwargs: dict[str, Any]) -> None:
             name,
             count_lines(path),
             _print_records,
+            embedder,
         )
     finally:
         cleanup()
@@ -315,12 +318,14 @@ def softlabel(input: str, **kwargs: Any) -> None:
 @input_argument
 @options(DocumentOptions)
 @options(StoreOptions)
+@options(EmbedderOptions)
 @options(LMOptions)
 @options(EncodeOptions)
 @options(RayOptions)
 @quiet_option
 def embed(input: str, **kwargs: Any) -> None:
-    """Document representations: the LM's last-position hidden state under the prompt.
+    """Document representations: the LM's last-position hidden state under the prompt, or a
+    sentence embedder's embedding (--embedder), alone or beside it (--with-lm).
 
     Writes the store (-o) and prints each input record plus `_st: {store, row}` on stdout.
     """

@@ -21,6 +21,7 @@ import numpy as np
 
 from st import progress, records, vocab
 from st.cache import LMCache
+from st.embedder import EmbedderBackend
 from st.errors import InputError, StError
 from st.options import LOGITS_DTYPE, EncodeOptions, SoftLabelOptions, VocabOptions
 from st.prompt import Prompt
@@ -297,8 +298,10 @@ def encode_documents(
     prompt = {"template": opts.template, "instruction": opts.instruction}
     # The store is created (or refused) before any LM work, so a bad output path fails at once and
     # an interrupted run leaves an incomplete store that says how to resume.
+    # A sentence embedder (`st embed --embedder`) is recorded beside the LM identity it stands for.
+    embedder = {"embedder": backend.source} if isinstance(backend, EmbedderBackend) else {}
     if target is not None:
-        source = {"lm": backend.identity, "max_tokens": opts.max_tokens, "prompt": prompt}
+        source = {"lm": backend.identity, "max_tokens": opts.max_tokens, "prompt": prompt, **embedder}
         writer = HiddenWriter(target, backend.hidden_size, source, chunk_rows=opts.chunk_rows)
         progress.info(f"adding hidden states to the soft-label store {target.path}")
     else:
@@ -309,6 +312,7 @@ def encode_documents(
             "max_tokens": opts.max_tokens,
             "hidden_size": backend.hidden_size,
             "text_field": text_field,
+            **embedder,
         }
         if vocabulary is not None and labels is not None:
             attrs.update(

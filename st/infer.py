@@ -10,12 +10,14 @@ import numpy as np
 
 from st import progress, records, vocab
 from st.cache import LMCache
+from st.embedder import features
 from st.errors import InputError
 from st.options import CHUNK_ROWS, EncodeOptions
 from st.prompt import Prompt
 from st.train import Fitted
 
 if TYPE_CHECKING:
+    from st.embedder import SentenceEmbedder
     from st.encoder import Encoder
     from st.known import Known
     from st.lm import LM
@@ -27,6 +29,8 @@ def check_lm(model: Fitted, lm: LM | Known, what: str) -> None:
     """Refuse inputs from another LM: the encoder only understands the hidden states it was trained on."""
     want = model.config.get("input_source") or model.config
     expected = want.get("lm") or {}
+    if want.get("embedder"):  # the LM beside a sentence embedder
+        expected = want["embedder"].get("with_lm") or {}
     if expected.get("fingerprint") != lm.identity["fingerprint"]:
         raise InputError(
             f"{what} is {lm.identity['model']} (weights {lm.identity['fingerprint']}), but the model was trained on "
@@ -68,13 +72,17 @@ def infer(
     prompt = Prompt(**source["prompt"]) if source.get("prompt") else Prompt()
     max_tokens = int(source.get("max_tokens") or EncodeOptions.max_tokens)
     uses_lm = model.config["training"]["input"] == "hidden"
+    embedding = source.get("embedder") if uses_lm else None
+    embedder: SentenceEmbedder | None = None
     encoder: Encoder | None = None
     n = 0
     chunk: list[records.Document] = []
 
     def theta_of(texts: list[str]) -> np.ndarray:
-        nonlocal encoder
-        if uses_lm:
+        nonlocal encoder, embedder
+        if embedding is not None and embedder is None:
+            embedder = trained_embedder(embedding)
+        if uses_lm and (embedding is None or embedding.get("with_lm")):
             if encoder is None:
                 from st.encoder import Encoder
 
@@ -83,6 +91,10 @@ def infer(
                 check_lm(model, lm, "the LM")
                 encoder = Encoder(lm, cache, load_lm)
             x, _ = encoder.encode(texts, prompt, max_tokens, batch_tokens=batch_tokens, batch_size=lm_batch_size)
+            if embedder is not None:
+                x = features(embedder.embed(texts), x)
+        elif embedder is not None:
+            x = features(embedder.embed(texts), None)
         else:
             x = vocab.bag_of_words(texts, model.vocab).toarray()
         return model.theta(np.asarray(x, dtype=np.float32))
@@ -110,6 +122,19 @@ def infer(
             n += len(chunk)
     if n == 0:
         raise InputError("no documents (the input is empty or has only empty texts)", name)
+
+
+def trained_embedder(spec: dict[str, Any]) -> SentenceEmbedder:
+    """The sentence embedder a model was trained on, refused if its weights are not the same."""
+    from st.embedder import SentenceEmbedder, resolve
+
+    source = resolve(spec["name"])
+    if source.fingerprint != spec["fingerprint"]:
+        raise InputError(
+            f"the sentence embedder {spec['name']} has other weights ({source.fingerprint}) than the one the model "
+            f"was trained with ({spec['fingerprint']})"
+        )
+    return SentenceEmbedder(source)
 
 
 def _store_attrs(path: object, seen: dict[str, dict[str, Any] | None]) -> dict[str, Any] | None:

