@@ -61,14 +61,20 @@ def random_sentence_embedder(folder: Path, words: list[str], size: int = 32, see
     """Save a random 2-layer BERT with mean pooling as a sentence-transformers folder in `folder`,
     its word-piece vocabulary `words` (plus the special tokens): a stand-in for MiniLM in tests."""
     import torch
-    from sentence_transformers import SentenceTransformer, models
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    try:
+        from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+    except ImportError:  # sentence-transformers before 6
+        from sentence_transformers.models import Pooling, Transformer  # type: ignore[no-redef]
 
     bert = folder / "bert"
     bert.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *dict.fromkeys(w.lower() for w in words)]
     (bert / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(bert / "vocab.txt"), do_lower_case=True)
+    (bert / "tokenizer_config.json").write_text('{"tokenizer_class": "BertTokenizer", "do_lower_case": true}')
+    tokenizer = AutoTokenizer.from_pretrained(str(bert))
     config = BertConfig(
         vocab_size=len(vocab),
         hidden_size=size,
@@ -80,8 +86,8 @@ def random_sentence_embedder(folder: Path, words: list[str], size: int = 32, see
     torch.manual_seed(seed)
     BertModel(config).save_pretrained(bert)
     tokenizer.save_pretrained(bert)
-    transformer = models.Transformer(str(bert), max_seq_length=128)
-    pooling = models.Pooling(size, pooling_mode="mean")
+    transformer = Transformer(str(bert), max_seq_length=128)
+    pooling = Pooling(size, pooling_mode="mean")
     out = folder / "embedder"
     SentenceTransformer(modules=[transformer, pooling], device="cpu").save(str(out))
     return out
