@@ -21,6 +21,7 @@ import argparse
 import collections
 import concurrent.futures
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -93,6 +94,10 @@ MODELS: dict[str, tuple[str, list[str]]] = {
     "lda": ("LDA (gensim)", ["--backbone", "lda"]),
     # Not an st model: bench/bertopic_baseline.py, measured with st eval's metrics.
     "bertopic": ("BERTopic (MiniLM, UMAP, k-means)", []),
+    "bertopic-lm": ("BERTopic on the LM's hidden states (UMAP, k-means)", ["--lm-hidden"]),
+    # DSL on a store whose hidden states `st embed --embedder` replaced (see EMBED).
+    "dsl-minilm": ("DSL-ProdLDA on MiniLM's sentence embeddings", []),
+    "dsl-minilm-lm": ("DSL-ProdLDA on the LM's hidden state and MiniLM's, side by side", []),
 }
 
 
@@ -141,13 +146,34 @@ def encode(name: str, n: int, work: Path, flags: list[str] | None = None) -> Pat
     return store
 
 
-def bertopic(store: Path, k: int, seed: int, work: Path) -> dict:
+# Variants trained on a copy of the store whose hidden states `st embed` replaced: its flags, by model.
+EMBED: dict[str, list[str]] = {
+    "dsl-minilm": ["--embedder", "minilm"],
+    "dsl-minilm-lm": ["--embedder", "minilm", "--with-lm"],
+}
+
+
+def embedded(store: Path, model: str) -> Path:
+    """The copy of `store` with `st embed`'s hidden states for `model` (made once)."""
+    flags = EMBED[model]
+    out = store.with_name(f"{store.stem}-{model}.zarr")
+    if not (out / "zarr.json").is_file() or "embedder" not in orjson.loads((out / "zarr.json").read_bytes()).get(
+        "attributes", {}
+    ).get("hidden_source", {}):
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(store, out, ignore=shutil.ignore_patterns("models", "checkpoints", "theta", "log_theta"))
+        docs = store.with_suffix(".jsonl")
+        st("embed", str(docs), "-o", str(out), *flags, threads=str(os.cpu_count() or 1))
+    return out
+
+
+def bertopic(store: Path, k: int, seed: int, work: Path, flags: list[str] | None = None) -> dict:
     script = ROOT / "bench" / "bertopic_baseline.py"
     emb = work / f"{store.stem}.minilm.npy"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     t = time.perf_counter()
     cmd = [sys.executable, str(script), "--store", str(store), "-k", str(k), "--seed", str(seed)]
-    cmd += ["--embeddings", str(emb)]
+    cmd += ["--embeddings", str(emb), *(flags or [])]
     r = subprocess.run(cmd, capture_output=True, env=env)
     if r.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{r.stderr.decode()[-2000:]}")
@@ -155,8 +181,10 @@ def bertopic(store: Path, k: int, seed: int, work: Path) -> dict:
 
 
 def run_one(store: Path, model: str, k: int, seed: int, work: Path, epochs: int | None) -> dict:
-    if model == "bertopic":
-        return bertopic(store, k, seed, work)
+    if model.startswith("bertopic"):
+        return bertopic(store, k, seed, work, MODELS[model][1])
+    if model in EMBED:
+        store = embedded(store, model)
     folder = work / "models" / f"{store.stem}-{model}-k{k}-s{seed}"
     flags = MODELS[model][1] + (["--epochs", str(epochs)] if epochs and model != "lda" else [])
     t = time.perf_counter()
