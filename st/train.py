@@ -407,16 +407,19 @@ def fit_model(store: Corpus, rows: np.ndarray, opts: TrainOptions) -> tuple[Fitt
     if opts.init != "random" and opts.backbone != "prodlda":
         raise InputError(f"--init {opts.init} is for the prodlda backbone")
     best: tuple[float, VAE | FASTopic, list[float]] | None = None
+    objectives: list[float] = []
     for restart in range(opts.restarts):
         seed = restart_seed(opts.seed, restart)
         # Each restart resumes from its own checkpoint; the first keeps the model's own name.
         name = identity if restart == 0 else f"{identity}-restart{restart}"
         checkpoint = checkpoint_path(store, name) if opts.checkpoint_every and store.path is not None else None
-        model, losses = fit_once(data, whole, config, opts, seed, checkpoint)
+        # A finished restart is kept too (when there are others to run), so an interruption loses none.
+        model, losses = fit_once(data, whole, config, opts, seed, checkpoint, keep_last=opts.restarts > 1)
         if opts.restarts == 1:
             best = (0.0, model, losses)
             break
         objective = training_objective(model, data, whole, opts)
+        objectives.append(objective)
         progress.info(f"st train: restart {restart + 1} of {opts.restarts} (seed {seed}): objective {objective:.4f}")
         if best is None or objective < best[0]:
             best = (objective, model, losses)
@@ -436,6 +439,7 @@ def fit_model(store: Corpus, rows: np.ndarray, opts: TrainOptions) -> tuple[Fitt
             "temperature": tau if opts.target == "softlabel" else None,
             "documents": int(len(rows)),
             "final_loss": losses[-1] if losses else None,
+            **({"restart_objectives": objectives} if objectives else {}),
         },
         "vocab_fingerprint": store.attrs.get("vocab_fingerprint"),
         "lm": store.attrs.get("lm"),
@@ -461,8 +465,10 @@ def fit_once(
     opts: TrainOptions,
     seed: int,
     checkpoint: Path | None,
+    keep_last: bool = False,
 ) -> tuple[VAE | FASTopic, list[float]]:
-    """One training from `seed`, resumed from `checkpoint` where one is left."""
+    """One training from `seed`, resumed from `checkpoint` where one is left; with `keep_last`,
+    the finished state is checkpointed too."""
 
     def fresh() -> tuple[VAE | FASTopic, torch.optim.Optimizer, torch.Generator]:
         torch.manual_seed(seed)
@@ -509,8 +515,10 @@ def fit_once(
                 del x, y  # before the next window is read: one window in memory at a time
             losses.append(total / max(seen, 1))
             bar.advance()
-            if checkpoint is not None and (epoch + 1) % opts.checkpoint_every == 0 and epoch + 1 < opts.epochs:
-                save_checkpoint(checkpoint, model, optimizer, shuffle, losses)
+            if checkpoint is not None:  # every --checkpoint-every epochs, and at the end with `keep_last`
+                last = epoch + 1 == opts.epochs
+                if (keep_last and last) or (not last and (epoch + 1) % opts.checkpoint_every == 0):
+                    save_checkpoint(checkpoint, model, optimizer, shuffle, losses)
     model.eval()
     return model, losses
 

@@ -854,3 +854,31 @@ def test_kmeans_init_starts_each_topic_at_one_cluster_of_the_inputs():
     assert torch.allclose(model.beta.sum(0), torch.zeros(vocab), atol=1e-5)  # centred over the topics
     with pytest.raises(Exception, match="prodlda"):
         train_mod.fit_model(corpus, np.arange(n), TrainOptions(k=groups, init="kmeans", backbone="etm", epochs=1))
+
+
+def test_restarts_resume_without_training_a_finished_restart_again(store, monkeypatch):
+    import st.train as train_mod
+
+    path, _ = store
+    s = Store(path)
+    rows = np.arange(s.rows)
+    opts = TrainOptions(k=4, epochs=4, seed=5, restarts=2, checkpoint_every=2)
+    whole, _ = train_mod.fit_model(s, rows, TrainOptions(**{**opts.__dict__, "checkpoint_every": 0}))
+    real, calls = train_mod.save_checkpoint, []
+
+    def counted(*args, **kwargs):
+        real(*args, **kwargs)
+        calls.append(args[0].name)
+        if interrupt and len(calls) == 3:  # restart 0 at epoch 2 and finished; restart 1 at epoch 2
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "save_checkpoint", counted)
+    interrupt = True
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.fit_model(s, rows, opts)
+    interrupt, calls[:] = False, []
+    resumed, _ = train_mod.fit_model(s, rows, opts)
+    assert len(calls) == 1 and "restart1" in calls[0]  # only restart 1's last two epochs ran again
+    assert torch.equal(resumed.model.beta, whole.model.beta)
+    assert resumed.config["training"]["restart_objectives"] == whole.config["training"]["restart_objectives"]
+    assert not list((path / "checkpoints").glob("*restart*"))
