@@ -40,7 +40,7 @@ METRICS = ["npmi", "cv", "td", "purity", "nmi", "p@10"]
 MODELS: dict[str, tuple[str, list[str]]] = {
     "dsl": (
         "DSL-ProdLDA (st default: calibrated target + 0.3 bag of words, decoder norm 0.75 with a learned gain and "
-        "shift, no dropout on θ, 256 documents per step, salient topic words)",
+        "shift, no dropout on θ, 256 documents per step, β started at k-means clusters, salient topic words)",
         [],
     ),
     "dsl-batch64": (
@@ -85,7 +85,11 @@ MODELS: dict[str, tuple[str, list[str]]] = {
     ),
     "dsl-bow7": ("DSL-ProdLDA, target + 0.7 bag of words", ["--bow-weight", "0.7"]),
     "dsl-kmeans": ("DSL-ProdLDA, β started at k-means clusters of the inputs", ["--init", "kmeans"]),
-    "dsl-restarts3": ("DSL-ProdLDA, best of 3 restarts by training objective", ["--restarts", "3"]),
+    "dsl-random": ("DSL-ProdLDA, β started at random (the default before)", ["--init", "random"]),
+    "dsl-restarts3": (
+        "DSL-ProdLDA, k-means start, best of 3 restarts by training objective",
+        ["--restarts", "3", "--init", "kmeans"],
+    ),
     "dsl-etm": ("DSL-ETM", ["--backbone", "etm"]),
     "dsl-ecrtm": ("DSL-ECRTM", ["--backbone", "ecrtm"]),
     "dsl-fastopic": ("DSL-FASTopic", ["--backbone", "fastopic"]),
@@ -96,8 +100,11 @@ MODELS: dict[str, tuple[str, list[str]]] = {
     "bertopic": ("BERTopic (MiniLM, UMAP, k-means)", []),
     "bertopic-lm": ("BERTopic on the LM's hidden states (UMAP, k-means)", ["--lm-hidden"]),
     # DSL on a store whose hidden states `st embed --embedder` replaced (see EMBED).
-    "dsl-minilm": ("DSL-ProdLDA on MiniLM's sentence embeddings", []),
-    "dsl-minilm-lm": ("DSL-ProdLDA on the LM's hidden state and MiniLM's, side by side", []),
+    "dsl-minilm": ("DSL-ProdLDA (k-means start) on MiniLM's sentence embeddings", ["--init", "kmeans"]),
+    "dsl-minilm-lm": (
+        "DSL-ProdLDA (k-means start) on the LM's hidden state and MiniLM's, side by side",
+        ["--init", "kmeans"],
+    ),
 }
 
 

@@ -419,10 +419,12 @@ class TrainOptions(Options):
         help="Train this many times from different seeds and keep the model with the lowest training objective "
         "(measured over all training documents at the end; no labels).",
     )
-    init: str = option(
-        "random",
+    init: str | None = option(
+        None,
         "--init",
         choices=("random", "kmeans"),
+        kind=str,
+        default_text="kmeans for DSL-ProdLDA, else random",
         help="prodlda: start β at random, or at the mean targets of a k-means clustering of the encoder's inputs.",
     )
     samples: int = option(10, "--samples", min=1, help="θ draws averaged at inference.")

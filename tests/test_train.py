@@ -691,7 +691,7 @@ def reference_training(s: Store, rows: np.ndarray, opts: TrainOptions) -> ProdLD
 @pytest.mark.parametrize("window", [0, 10_000])
 def test_a_window_over_the_whole_corpus_trains_the_in_memory_model(chunked, window):
     rows = np.random.default_rng(0).permutation(chunked.rows)[:150]  # a training set in any order
-    opts = TrainOptions(k=4, epochs=4, seed=2, window=window, calibrate=False)
+    opts = TrainOptions(k=4, epochs=4, seed=2, window=window, calibrate=False, init="random")
     fitted, _ = train(chunked, rows, opts)
     reference = reference_training(chunked, rows, opts)
     for (name, x), (_, y) in zip(fitted.model.state_dict().items(), reference.state_dict().items(), strict=True):
