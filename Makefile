@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 OUT := out
 
-.PHONY: demo test browser lint bench naming quality completions clean
+.PHONY: demo test browser lint bench naming quality robustness completions clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,13 @@ naming: $(BIN)/.installed
 quality: $(BIN)/.installed
 	$(BIN)/pip install -q -e '.[baselines]'
 	$(BIN)/python bench/quality.py --docs $${QUALITY_DOCS:-6000} --extra-k 20 --out bench/quality.md --readme README.md
+
+# The robustness protocol of part 10: both corpora, 1,000 / 2,500 / 6,000 documents, K = 5, 10, 20, 50,
+# 5 seeds; DSL (and its levers), the contextual baseline and BERTopic (days on 2 cores; resumable).
+robustness: $(BIN)/.installed
+	$(BIN)/pip install -q -e '.[baselines]'
+	$(BIN)/python bench/robustness.py --sizes $${ROBUSTNESS_SIZES:-1000 2500 6000} \
+	  $${ROBUSTNESS_MODELS:+--models $$ROBUSTNESS_MODELS} --out bench/robustness.md --readme README.md
 
 completions: $(BIN)/.installed
 	for shell in bash zsh fish; do $(BIN)/st completion $$shell > completions/st.$$shell; done

@@ -74,7 +74,9 @@ def tables(results: list[dict], corpora: list[str], sizes: list[int], ks: list[i
             out.append("|---" * (len(METRICS) + 5) + "|")
             for k in ks:
                 cell = {m: [r for r in rows_here if r["k"] == k and r["name"] == m] for m in models}
-                if cell[models[0]]:
+                # A cell without the baselines' runs is checked for the spread alone, and says so.
+                missing = [m for m in ("ctm", "bertopic") if not cell.get(m) and (m != "bertopic" or k >= 10)]
+                if cell[models[0]] and not missing:
                     cells += 1
                     failing += bool(checks(cell, models[0], k))
                 for model in models:
@@ -85,10 +87,13 @@ def tables(results: list[dict], corpora: list[str], sizes: list[int], ks: list[i
                     seconds = np.mean([r["train_s"] for r in rows])
                     failed = checks(cell, model, k)  # the default's checks, and those of DSL's other levers
                     verdict = ("✗ " + ", ".join(failed) if failed else "✓") if model.startswith("dsl") else ""
+                    if verdict and missing:
+                        verdict += f" (no {' or '.join(missing)} runs: spread only)"
                     label = model if model != "dsl" else "**dsl**"
                     out.append(f"| {k} | {label} | {values} | {len(rows)} | {seconds:.0f} | {verdict} |")
-    summary = f"The default ({models[0]}) meets every check in {cells - failing} of {cells} cells."
-    return summary + "\n" + "\n".join(out)
+    summary = f"The default ({models[0]}) meets every check in {cells - failing} of the {cells} cells with baselines."
+    legend = "; ".join(f"{m}: {quality.MODELS[m][0]}" for m in models)
+    return summary + "\n\nModels — " + legend + ".\n" + "\n".join(out)
 
 
 def main() -> None:
@@ -97,7 +102,11 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 2500, 6000])
     ap.add_argument("--k", type=int, nargs="+", default=[5, 10, 20, 50])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    ap.add_argument("--models", default="dsl,ctm,bertopic", help="The first is the one checked.")
+    ap.add_argument(
+        "--models",
+        default="dsl,dsl-random,dsl-restarts3,dsl-minilm,dsl-minilm-lm,ctm,bertopic,bertopic-lm",
+        help="The first is the one checked.",
+    )
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=None, help="Override the training epochs (quick runs).")
     ap.add_argument("--table-only", action="store_true", help="Write the tables from the finished runs.")
