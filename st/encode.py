@@ -298,8 +298,12 @@ def encode_documents(
     prompt = {"template": opts.template, "instruction": opts.instruction}
     # The store is created (or refused) before any LM work, so a bad output path fails at once and
     # an interrupted run leaves an incomplete store that says how to resume.
-    # A sentence embedder (`st embed --embedder`) is recorded beside the LM identity it stands for.
+    # A sentence embedder (`--embedder`) is recorded beside the LM identity it stands for; a
+    # soft-label store's LM is the one that gave the soft labels.
     embedder = {"embedder": backend.source} if isinstance(backend, EmbedderBackend) else {}
+    lm_identity = backend.identity
+    if isinstance(backend, EmbedderBackend) and backend.lm is not None and labels is not None:
+        lm_identity = backend.lm.identity
     if target is not None:
         source = {"lm": backend.identity, "max_tokens": opts.max_tokens, "prompt": prompt, **embedder}
         writer = HiddenWriter(target, backend.hidden_size, source, chunk_rows=opts.chunk_rows)
@@ -307,7 +311,7 @@ def encode_documents(
     else:
         attrs: dict[str, Any] = {
             "kind": kind,
-            "lm": backend.identity,
+            "lm": lm_identity,
             "prompt": prompt,
             "max_tokens": opts.max_tokens,
             "hidden_size": backend.hidden_size,

@@ -17,7 +17,7 @@ from st.prompt import Prompt
 from st.train import Fitted
 
 if TYPE_CHECKING:
-    from st.embedder import SentenceEmbedder
+    from st.embedder import EmbedderBackend, SentenceEmbedder
     from st.encoder import Encoder
     from st.known import Known
     from st.lm import LM
@@ -73,7 +73,7 @@ def infer(
     max_tokens = int(source.get("max_tokens") or EncodeOptions.max_tokens)
     uses_lm = model.config["training"]["input"] == "hidden"
     embedding = source.get("embedder") if uses_lm else None
-    embedder: SentenceEmbedder | None = None
+    embedder: EmbedderBackend | None = None  # for its cached `embed`
     encoder: Encoder | None = None
     n = 0
     chunk: list[records.Document] = []
@@ -81,7 +81,9 @@ def infer(
     def theta_of(texts: list[str]) -> np.ndarray:
         nonlocal encoder, embedder
         if embedding is not None and embedder is None:
-            embedder = trained_embedder(embedding)
+            from st.embedder import EmbedderBackend
+
+            embedder = EmbedderBackend(trained_embedder(embedding), cache=cache)
         if uses_lm and (embedding is None or embedding.get("with_lm")):
             if encoder is None:
                 from st.encoder import Encoder

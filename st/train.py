@@ -323,11 +323,24 @@ def model_id(opts: TrainOptions, store: Corpus, rows: np.ndarray) -> str:
     for added, default in (("restarts", 1), ("init", "random")):  # options added later: ids kept
         if identity[added] == default:
             identity.pop(added)
-    # What made the encoder's input is part of the model: `st embed` may replace a store's hidden states.
-    source = store.attrs.get("hidden_source") if opts.input == "hidden" else None
+    source = input_source(store, opts)
     spec = json.dumps([identity, store.attrs.get("vocab_fingerprint"), store.attrs.get("lm"), source], sort_keys=True)
     digest = hashlib.sha256(spec.encode() + rows.astype(np.int64).tobytes()).hexdigest()[:8]
     return f"{name}-k{opts.k}-{digest}"
+
+
+def input_source(store: Any, opts: TrainOptions) -> dict[str, Any] | None:
+    """What made the encoder's input, where it is not the hidden state of the store's LM under its
+    prompt: hidden states `st embed` put in its place, or a sentence embedder's beside them. It is
+    part of the model (its id, and what `st infer` runs new documents through)."""
+    if opts.input != "hidden":
+        return None
+    attrs = store.attrs
+    if attrs.get("hidden_source"):
+        return dict(attrs["hidden_source"])
+    if attrs.get("embedder"):
+        return {key: attrs.get(key) for key in ("lm", "prompt", "max_tokens", "embedder")}
+    return None
 
 
 FASTOPIC_LAMBDA = 10.0
@@ -451,7 +464,7 @@ def fit_model(store: Corpus, rows: np.ndarray, opts: TrainOptions) -> tuple[Fitt
         "lm": store.attrs.get("lm"),
         "prompt": store.attrs.get("prompt"),
         "max_tokens": store.attrs.get("max_tokens"),
-        "input_source": store.attrs.get("hidden_source") if opts.input == "hidden" else None,
+        "input_source": input_source(store, opts),
     }
     return Fitted(model, full, store.vocab()), losses
 

@@ -165,7 +165,9 @@ def test_corpora_in_a_store_and_in_memory_agree(tiny_model, cache_dir, tmp_path)
     assert memory.ids() == stored.ids() and memory.records() == stored.records()
     assert (memory.bow() != stored.bow()).nnz == 0
     embedded = st.embed([d["text"] for d in docs], lm=lm)
-    np.testing.assert_array_equal(embedded.array("hidden"), memory.array("hidden"))
+    lm_alone = st.softlabel(docs, lm=lm, vocab_size=80, embedder="none")
+    np.testing.assert_array_equal(embedded.array("hidden"), lm_alone.array("hidden"))
+    np.testing.assert_array_equal(lm_alone.array("logits"), memory.array("logits"))
 
 
 def test_a_loaded_model_loads_its_lm_once_for_every_transform(store, cache_dir, tmp_path, monkeypatch):

@@ -71,7 +71,8 @@ def test_records_keep_order_fields_and_point_at_their_rows(tiny_model, cache_dir
     assert s.ids() == ["0", "7", "x"]  # default id: the 0-based line number
     assert [orjson.loads(r) for r in s.array("records")] == docs
     assert s.attrs["complete"] and s.rows == 3
-    assert s.array("logits").shape == (3, len(s.vocab())) and s.array("hidden").shape == (3, 64)
+    # The LM's hidden state (64) and MiniLM's embedding (384) side by side.
+    assert s.array("logits").shape == (3, len(s.vocab())) and s.array("hidden").shape == (3, 64 + 384)
     bow = s.bow().toarray()
     vocab = s.vocab()
     assert bow[0, vocab.index("apache")] == 1 and bow[1, vocab.index("hibernate")] == 1
@@ -221,10 +222,11 @@ def test_subprocess_pipeline_cat_softlabel_jq_like(tiny_model, cache_dir, so_doc
     assert result.returncode == 0, result.stderr
     out = [orjson.loads(x) for x in result.stdout.splitlines()]
     assert len(out) == 38 and all(r["_st"]["store"] == str(store2) for r in out)
-    # The second stage found every document in the cache: same hidden states as the first store.
-    h1, h2 = Store(store1).array("hidden"), Store(store2).array("hidden")
+    # The second stage found every document in the cache: the same LM hidden states as the first
+    # store holds (of unit length there, beside the sentence embedding).
+    h1, h2 = Store(store1).array("hidden"), Store(store2).array("hidden").astype(np.float64)
     keep = [i for i, r in enumerate(read_jsonl(so_docs)) if r["label"] != "qt"]
-    np.testing.assert_array_equal(h1[keep], h2)
+    np.testing.assert_allclose(h1[keep][:, : h2.shape[1]], h2 / np.linalg.norm(h2, axis=1, keepdims=True), atol=1e-6)
 
 
 def test_stdout_is_pure_jsonl_while_a_progress_bar_runs(tiny_model, cache_dir, so_docs, tmp_path):

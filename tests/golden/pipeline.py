@@ -69,7 +69,9 @@ def outputs(tiny: Path, cache: Path, tmp: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     out["vocab"] = run(["vocab", str(src), "--size", "50", "-q"], cache).decode()
     # float32 logits, as every store had when the outputs were recorded (float16 is the default since).
+    # --embedder none: the LM's hidden state alone, the representation the outputs were recorded with.
     softlabel = ["softlabel", str(src), "-o", str(store), *lm, "--vocab-size", "120", "--logits-dtype", "float32"]
+    softlabel += ["--embedder", "none"]
     records = run([*softlabel, "-q"], cache)
     g = zarr.open_group(str(store), mode="r")
     for name in ("hidden", "logits", "bow/indptr", "bow/indices", "bow/data"):
