@@ -39,10 +39,12 @@ METRICS = ["npmi", "cv", "td", "purity", "nmi", "p@10"]
 # name: (label in the table, `st train` flags)
 MODELS: dict[str, tuple[str, list[str]]] = {
     "dsl": (
-        "DSL-ProdLDA (st default: calibrated target + 0.3 bag of words, decoder norm 0.75 with a learned gain and "
-        "shift, no dropout on θ, 256 documents per step, β started at k-means clusters, salient topic words)",
+        "DSL-ProdLDA (st default: the LM's hidden state and MiniLM's embedding side by side as input, calibrated "
+        "target + 0.3 bag of words, decoder norm 0.75 with a learned gain and shift, no dropout on θ, 256 documents "
+        "per step, β started at k-means clusters, salient topic words)",
         [],
     ),
+    "dsl-lm": ("DSL-ProdLDA on the LM's hidden state alone (the default before)", []),
     "dsl-batch64": (
         "DSL-ProdLDA, 64 documents per step (ProdLDA's; the default before)",
         ["--batch-size", "64"],
@@ -94,17 +96,14 @@ MODELS: dict[str, tuple[str, list[str]]] = {
     "dsl-ecrtm": ("DSL-ECRTM", ["--backbone", "ecrtm"]),
     "dsl-fastopic": ("DSL-FASTopic", ["--backbone", "fastopic"]),
     "prodlda": ("ProdLDA (bag of words)", ["--target", "bow", "--input", "bow"]),
-    "ctm": ("Contextual BoW (CombinedTM-like)", ["--target", "bow", "--input", "hidden"]),
+    "ctm": ("Contextual BoW (CombinedTM-like), on DSL's inputs", ["--target", "bow", "--input", "hidden"]),
+    "ctm-lm": ("Contextual BoW on the LM's hidden state alone", ["--target", "bow", "--input", "hidden"]),
     "lda": ("LDA (gensim)", ["--backbone", "lda"]),
     # Not an st model: bench/bertopic_baseline.py, measured with st eval's metrics.
     "bertopic": ("BERTopic (MiniLM, UMAP, k-means)", []),
     "bertopic-lm": ("BERTopic on the LM's hidden states (UMAP, k-means)", ["--lm-hidden"]),
     # DSL on a store whose hidden states `st embed --embedder` replaced (see EMBED).
-    "dsl-minilm": ("DSL-ProdLDA (k-means start) on MiniLM's sentence embeddings", ["--init", "kmeans"]),
-    "dsl-minilm-lm": (
-        "DSL-ProdLDA (k-means start) on the LM's hidden state and MiniLM's, side by side",
-        ["--init", "kmeans"],
-    ),
+    "dsl-minilm": ("DSL-ProdLDA on MiniLM's sentence embeddings alone", []),
 }
 
 
@@ -137,6 +136,9 @@ def stratified(name: str, n: int) -> list[bytes]:
 # Variants that need their own store: `st softlabel` flags, by model.
 SOFTLABEL: dict[str, list[str]] = {
     "dsl-ww8": ["--whole-words", "8"],
+    "dsl-lm": ["--embedder", "none"],
+    "ctm-lm": ["--embedder", "none"],
+    "bertopic-lm": ["--embedder", "none"],
 }
 
 
@@ -156,7 +158,6 @@ def encode(name: str, n: int, work: Path, flags: list[str] | None = None) -> Pat
 # Variants trained on a copy of the store whose hidden states `st embed` replaced: its flags, by model.
 EMBED: dict[str, list[str]] = {
     "dsl-minilm": ["--embedder", "minilm"],
-    "dsl-minilm-lm": ["--embedder", "minilm", "--with-lm"],
 }
 
 

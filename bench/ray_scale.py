@@ -101,7 +101,9 @@ def main() -> None:
         rows = []
         for n in args.sizes:
             docs = corpus(n, work / f"docs-{n}.jsonl")
+            # The LM stage alone: a sentence embedder beside it would run in the driver, not the workers.
             common = ["softlabel", str(docs), "--lm", str(model), "--vocab", str(vocab), "--dtype", "float32", "-q"]
+            common += ["--embedder", "none"]
             result: dict[str, object] = {"n": n}
             for backend in ("local", "ray"):
                 cache = work / f"cache-{backend}-{n}"

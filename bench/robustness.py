@@ -104,7 +104,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument(
         "--models",
-        default="dsl,dsl-random,dsl-restarts3,dsl-minilm,dsl-minilm-lm,ctm,bertopic,bertopic-lm",
+        default="dsl,dsl-lm,ctm,bertopic",
         help="The first is the one checked.",
     )
     ap.add_argument("--jobs", type=int, default=2)
@@ -124,16 +124,18 @@ def main() -> None:
     results = [orjson.loads(x) for x in done_file.read_bytes().splitlines()] if done_file.exists() else []
     results = [r for r in results if r.get("epochs") == args.epochs]
     done = {(r["corpus"], r["size"], r["k"], r["seed"], r["name"]) for r in results}
-    stores: dict[tuple[str, int], Path] = {}
+    stores: dict[tuple[str, int, str], Path] = {}  # (corpus, size, model): its store
     if not args.table_only:
         for corpus in corpora:
             for size in args.sizes:
                 folder = work / f"{corpus}-{size}"
                 folder.mkdir(exist_ok=True)
-                stores[corpus, size] = quality.encode(corpus, size, folder)
+                default = quality.encode(corpus, size, folder)
                 for model in models:  # before the runs, which would otherwise make them side by side
+                    flags = quality.SOFTLABEL.get(model)
+                    stores[corpus, size, model] = quality.encode(corpus, size, folder, flags) if flags else default
                     if model in quality.EMBED:
-                        quality.embedded(stores[corpus, size], model)
+                        quality.embedded(default, model)
     # The first seed of every cell first, so that a run cut short still covers every cell.
     todo = [
         (corpus, size, k, seed, model)
@@ -147,7 +149,7 @@ def main() -> None:
     failed = []
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
         futures = {
-            pool.submit(quality.run_one, stores[c, n], m, k, s, stores[c, n].parent, args.epochs): (c, n, k, s, m)
+            pool.submit(quality.run_one, stores[c, n, m], m, k, s, stores[c, n, m].parent, args.epochs): (c, n, k, s, m)
             for c, n, k, s, m in todo
         }
         for future in concurrent.futures.as_completed(futures):
