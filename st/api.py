@@ -211,8 +211,8 @@ def embedder_backend(lm: LM, name: str, with_lm: bool, ray: RayOptions | None = 
     the LM). It runs in this process; with `--backend ray` the LM runs on the cluster."""
     from st import embedder as embedder_mod
 
-    model = embedder_mod.SentenceEmbedder(embedder_mod.resolve(name), lm.options.device)
-    return embedder_mod.EmbedderBackend(model, lm.backend(ray) if with_lm else None, lm.cache)
+    model = embedder_mod.SentenceEmbedder(embedder_mod.resolve(name), lm.options.device, cache=lm.cache)
+    return embedder_mod.EmbedderBackend(model, lm.backend(ray) if with_lm else None)
 
 
 def encode_backend(

@@ -65,10 +65,15 @@ def combined_identity(embedder: dict[str, str], lm: dict[str, str] | None) -> di
 
 
 class SentenceEmbedder:
-    """The sentence-transformers model, loaded at the first texts."""
+    """The sentence-transformers model, loaded at the first texts it has to embed. With `cache`
+    (the LM cache), each text is embedded once and the embedding's size is kept too, so that a fully
+    cached run loads neither the model nor torch."""
 
-    def __init__(self, source: EmbedderSource, device: str = "auto", batch_size: int = 64) -> None:
-        self.source, self.device, self.batch_size = source, device, batch_size
+    def __init__(
+        self, source: EmbedderSource, device: str = "auto", batch_size: int = 64, cache: LMCache | None = None
+    ) -> None:
+        self.source, self.device, self.batch_size, self.cache = source, device, batch_size, cache
+        self.computed = 0  # texts that went through the model (cache misses)
         self._model: Any = None
 
     @property
@@ -89,14 +94,40 @@ class SentenceEmbedder:
             self._model = SentenceTransformer(str(self.source.path), device=device, local_files_only=True)
         return self._model
 
+    def _namespace(self, kind: str) -> bytes:
+        spec = {**self.source.identity, "kind": f"sentence-embedding:{kind}"}
+        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).digest()
+
     @property
     def size(self) -> int:
+        key = self.cache.key(self._namespace("size"), "") if self.cache is not None else b""
+        found = self.cache.get_many([key]).get(key) if self.cache is not None else None
+        if found is not None:
+            return int(found[0])
         model = self.model
         # sentence-transformers 6 renamed the method; 3 to 5 have only the old name.
-        size = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-        return int(size())
+        size = int((getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension)())
+        if self.cache is not None:
+            self.cache.put_many({key: np.array([size], dtype=np.float32)})
+        return size
 
     def embed(self, texts: list[str]) -> np.ndarray:
+        if self.cache is None:
+            self.computed += len(texts)
+            return self._compute(texts)
+        ns = self._namespace("vector")
+        keys = [self.cache.key(ns, t) for t in texts]
+        found = self.cache.get_many(keys)
+        missing = list(dict.fromkeys(k for k in keys if k not in found))  # a repeated text is embedded once
+        if missing:
+            first = {k: i for i, k in reversed(list(enumerate(keys)))}
+            entries = dict(zip(missing, self._compute([texts[first[k]] for k in missing]), strict=True))
+            self.cache.put_many(entries)
+            found.update(entries)
+            self.computed += len(missing)
+        return np.stack([found[k] for k in keys]).astype(np.float32, copy=False)
+
+    def _compute(self, texts: list[str]) -> np.ndarray:
         out = self.model.encode(texts, batch_size=self.batch_size, show_progress_bar=False, convert_to_numpy=True)
         return np.asarray(out, dtype=np.float32)
 
@@ -113,14 +144,12 @@ def features(embedding: np.ndarray, hidden: np.ndarray | None) -> np.ndarray:
 class EmbedderBackend:
     """The `Backend` whose hidden states are sentence embeddings: alone (`st embed --embedder`) or
     beside the LM's hidden states when `lm` (a backend of the LM) is given, whose soft labels then
-    pass through (`st softlabel --embedder`). With `cache`, each text is embedded once: a fully
-    cached run loads neither the embedder nor torch."""
+    pass through (`st softlabel --embedder`)."""
 
-    def __init__(self, embedder: SentenceEmbedder, lm: Any | None = None, cache: LMCache | None = None) -> None:
-        self.embedder, self.lm, self.cache = embedder, lm, cache
+    def __init__(self, embedder: SentenceEmbedder, lm: Any | None = None) -> None:
+        self.embedder, self.lm = embedder, lm
         self.identity: dict[str, str] = {}
         self.hidden_size = 0
-        self.embedded = 0  # texts that went through the embedder (cache misses)
         self.documents_computed = 0  # through the LM beside it, or else through the embedder
 
     @property
@@ -129,42 +158,9 @@ class EmbedderBackend:
         lm = self.lm.identity if self.lm is not None else None
         return {"name": self.embedder.source.name, **self.embedder.source.identity, "with_lm": lm}
 
-    def _namespace(self, kind: str) -> bytes:
-        spec = {**self.embedder.source.identity, "kind": f"sentence-embedding:{kind}"}
-        return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).digest()
-
-    def _size(self) -> int:
-        """The embedding's size, cached like the embeddings, so that a cached run loads no model."""
-        if self.cache is None:
-            return self.embedder.size
-        key = self.cache.key(self._namespace("size"), "")
-        found = self.cache.get_many([key]).get(key)
-        if found is not None:
-            return int(found[0])
-        size = self.embedder.size
-        self.cache.put_many({key: np.array([size], dtype=np.float32)})
-        return size
-
-    def embed(self, texts: list[str]) -> np.ndarray:
-        if self.cache is None:
-            self.embedded += len(texts)
-            return self.embedder.embed(texts)
-        ns = self._namespace("vector")
-        keys = [self.cache.key(ns, t) for t in texts]
-        found = self.cache.get_many(keys)
-        missing = list(dict.fromkeys(k for k in keys if k not in found))
-        if missing:
-            first = {k: i for i, k in reversed(list(enumerate(keys)))}  # a repeated text is embedded once
-            vectors = self.embedder.embed([texts[first[k]] for k in missing])
-            entries = dict(zip(missing, vectors, strict=True))
-            self.cache.put_many(entries)
-            found.update(entries)
-            self.embedded += len(missing)
-        return np.stack([found[k] for k in keys]).astype(np.float32, copy=False)
-
     def start(self) -> Callable[[list[str]], Any]:
         lm_identity = None
-        size = self._size()
+        size = self.embedder.size
         if self.lm is not None:
             project = self.lm.start()
             lm_identity, size = self.lm.identity, size + self.lm.hidden_size
@@ -177,8 +173,8 @@ class EmbedderBackend:
     ) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         if self.lm is None:
             for texts in chunks:
-                embedding = self.embed(texts)
-                self.documents_computed = self.embedded
+                embedding = self.embedder.embed(texts)
+                self.documents_computed = self.embedder.computed
                 advance(len(texts))
                 yield features(embedding, None), None
             return
@@ -191,7 +187,7 @@ class EmbedderBackend:
                 yield texts
 
         for hidden, logits in self.lm.encode(remembered(), vocabulary, opts, advance):
-            embedding = self.embed(sent.popleft())
+            embedding = self.embedder.embed(sent.popleft())
             self.documents_computed = self.lm.documents_computed
             yield features(embedding, hidden), logits
 

@@ -17,7 +17,7 @@ from st.prompt import Prompt
 from st.train import Fitted
 
 if TYPE_CHECKING:
-    from st.embedder import EmbedderBackend, SentenceEmbedder
+    from st.embedder import SentenceEmbedder
     from st.encoder import Encoder
     from st.known import Known
     from st.lm import LM
@@ -73,7 +73,7 @@ def infer(
     max_tokens = int(source.get("max_tokens") or EncodeOptions.max_tokens)
     uses_lm = model.config["training"]["input"] == "hidden"
     embedding = source.get("embedder") if uses_lm else None
-    embedder: EmbedderBackend | None = None  # for its cached `embed`
+    embedder: SentenceEmbedder | None = None
     encoder: Encoder | None = None
     n = 0
     chunk: list[records.Document] = []
@@ -81,9 +81,7 @@ def infer(
     def theta_of(texts: list[str]) -> np.ndarray:
         nonlocal encoder, embedder
         if embedding is not None and embedder is None:
-            from st.embedder import EmbedderBackend
-
-            embedder = EmbedderBackend(trained_embedder(embedding), cache=cache)
+            embedder = trained_embedder(embedding, cache)
         if uses_lm and (embedding is None or embedding.get("with_lm")):
             if encoder is None:
                 from st.encoder import Encoder
@@ -126,7 +124,7 @@ def infer(
         raise InputError("no documents (the input is empty or has only empty texts)", name)
 
 
-def trained_embedder(spec: dict[str, Any]) -> SentenceEmbedder:
+def trained_embedder(spec: dict[str, Any], cache: LMCache | None = None) -> SentenceEmbedder:
     """The sentence embedder a model was trained on, refused if its weights are not the same."""
     from st.embedder import SentenceEmbedder, resolve
 
@@ -136,7 +134,7 @@ def trained_embedder(spec: dict[str, Any]) -> SentenceEmbedder:
             f"the sentence embedder {spec['name']} has other weights ({source.fingerprint}) than the one the model "
             f"was trained with ({spec['fingerprint']})"
         )
-    return SentenceEmbedder(source)
+    return SentenceEmbedder(source, cache=cache)
 
 
 def _store_attrs(path: object, seen: dict[str, dict[str, Any] | None]) -> dict[str, Any] | None:

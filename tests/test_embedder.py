@@ -141,10 +141,9 @@ def test_softlabel_puts_minilm_beside_the_lm_by_default(tiny_model, cache_dir, m
     assert "embedder" not in lm_alone.attrs
 
     def never(*args, **kwargs):
-        raise AssertionError("a cached text was embedded again")
+        raise AssertionError("the embedder was loaded for cached texts")
 
-    monkeypatch.setattr(SentenceEmbedder, "embed", never)
-    monkeypatch.setattr(SentenceEmbedder, "size", property(never))
+    monkeypatch.setattr(SentenceEmbedder, "model", property(never))
     again = st.softlabel(docs, lm=st.LM(str(tiny_model), cache_dir=str(cache_dir), dtype="float32"), vocab_size=60)
     np.testing.assert_array_equal(again.array("hidden"), corpus.array("hidden"))
 
@@ -173,10 +172,10 @@ def test_a_model_trained_beside_minilm_infers_through_both(tiny_model, cache_dir
     from st.embedder import SentenceEmbedder
 
     def never(*args, **kwargs):
-        raise AssertionError("a cached text was embedded again")
+        raise AssertionError("the embedder was loaded for cached texts")
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(SentenceEmbedder, "embed", never)
+        mp.setattr(SentenceEmbedder, "model", property(never))
         r = CliRunner().invoke(cli, infer_args)
     assert r.exit_code == 0, r.output
     np.testing.assert_allclose([orjson.loads(x)["theta"] for x in r.stdout_bytes.splitlines()], theta, atol=1e-6)
