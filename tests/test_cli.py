@@ -386,13 +386,20 @@ def test_pipes_and_process_substitution_are_read_once(tiny_model, cache_dir, so_
         )
 
 
-@pytest.mark.parametrize("suffix", [".gz", ".bz2", ".xz"])
+@pytest.mark.parametrize("suffix", [".gz", ".bz2", ".xz", ".zst"])
 def test_compressed_input_is_read_by_its_suffix(suffix, tiny_model, cache_dir, so_docs, tmp_path):
     import bz2
     import gzip
     import lzma
 
-    compress = {".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress}[suffix]
+    import zstandard
+
+    compress = {
+        ".gz": gzip.compress,
+        ".bz2": bz2.compress,
+        ".xz": lzma.compress,
+        ".zst": zstandard.ZstdCompressor().compress,
+    }[suffix]
     packed = tmp_path / f"docs.jsonl{suffix}"
     packed.write_bytes(compress(so_docs.read_bytes()))
     base = [*model_args(tiny_model, cache_dir), "-q"]
