@@ -3,8 +3,9 @@
 and search hits. The LM's outputs are compared to 1e-4 (another CPU may round a float32 product
 otherwise). What training made is compared to 0.02: a few epochs carry another CPU's rounding of
 float32 products (an AMD EPYC's against the recording Xeon's with AMX: θ up to 3e-3 apart), and
-where two topics of a document nearly tie, its main topic may be the other one. An order may
-differ only between entries whose scores tie to that precision."""
+where two topics of a document nearly tie, its main topic may be the other one (the evaluation's
+scores, which count such documents, to three of the 80). An order may differ only between entries
+whose scores tie to that precision."""
 
 from __future__ import annotations
 
@@ -23,7 +24,15 @@ TRAINED_ATOL = 0.02
 TRAINED = ("dsl", "ctm", "etm", "prodlda", "infer/", "train-docs/", "search/", "eval/")
 
 
+# The evaluation's scores count documents by their main topic (purity, NMI, P@k) over the sample's 80
+# documents: one near tie gone the other way moves a score by 1/80. Three such documents are allowed
+# (seen: inverse purity 57/80 against 55/80 on an AVX2-only CPU with two threads).
+EVAL_ATOL = 3.5 / 80
+
+
 def tolerance(name: str) -> float:
+    if name.startswith("eval/"):
+        return EVAL_ATOL
     return TRAINED_ATOL if name.startswith(TRAINED) else ATOL
 
 
