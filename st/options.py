@@ -387,6 +387,22 @@ class TrainOptions(Options):
         max=1,
         help="Mix this share of the document's own normalised bag of words into the soft-label target.",
     )
+    neighbours: int | None = option(
+        None,
+        "--neighbours",
+        min=0,
+        kind=int,
+        default_text="10 for DSL-ProdLDA, else 0",
+        help="Mix into each document's target the mean target of this many documents nearest to it in the "
+        "encoder's inputs (cosine, among up to 20,000 training documents; 0: none).",
+    )
+    neighbour_weight: float = option(
+        0.5,
+        "--neighbour-weight",
+        min=0,
+        max=1,
+        help="The share of the target that comes from the --neighbours.",
+    )
     calibrate: bool | None = option(
         None,
         "--calibrate",

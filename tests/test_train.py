@@ -404,7 +404,7 @@ def test_bow_weight_mixes_the_documents_own_words_into_the_target(store):
 
     path, _ = store
     s = Store(path)
-    mixed, tau = targets(s, TrainOptions(bow_weight=0.25, calibrate=False))
+    mixed, tau = targets(s, TrainOptions(bow_weight=0.25, calibrate=False, neighbours=0))
     logits = np.asarray(s.group["logits"][:], dtype=np.float64) / tau
     soft = np.exp(logits - logits.max(1, keepdims=True))
     soft /= soft.sum(1, keepdims=True)
@@ -474,17 +474,94 @@ def test_calibrate_removes_each_words_mean_logit_over_the_training_documents(sto
     path, _ = store
     s = Store(path)
     rows = np.arange(0, s.rows, 2)
-    calibrated, tau = targets(s, TrainOptions(calibrate=True, bow_weight=0), rows)
+    calibrated, tau = targets(s, TrainOptions(calibrate=True, bow_weight=0, neighbours=0), rows)
     logits = np.asarray(s.group["logits"][:], dtype=np.float64)
     shifted = (logits - logits[rows].mean(0)) / tau
     expected = np.exp(shifted - shifted.max(1, keepdims=True))
     expected /= expected.sum(1, keepdims=True)
     np.testing.assert_allclose(calibrated, expected, atol=1e-6)
-    plain, _ = targets(s, TrainOptions(calibrate=False, bow_weight=0), rows)
+    plain, _ = targets(s, TrainOptions(calibrate=False, bow_weight=0, neighbours=0), rows)
     assert not np.allclose(calibrated, plain, atol=1e-4)
     # A word the LM favours for every document alike loses that favour.
     favoured = int(np.argmax(logits[rows].mean(0)))
     assert calibrated[rows, favoured].mean() < plain[rows, favoured].mean()
+
+
+def nearest_by_cosine(reference: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """The positions in `reference` of each query's k+1 nearest rows by cosine between inputs
+    standardised over the reference (scikit-learn's exact search)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    centre, scale = reference.mean(0), reference.std(0) + 1e-6
+    index = NearestNeighbors(n_neighbors=k + 1, metric="cosine").fit((reference - centre) / scale)
+    return index.kneighbors((queries - centre) / scale, return_distance=False)
+
+
+def test_neighbours_mix_in_the_mean_target_of_the_nearest_training_documents(store):
+    from st.train import targets
+
+    path, _ = store
+    s = Store(path)
+    rows = np.arange(0, s.rows, 2)  # half the corpus trains; the other half's neighbours are among it too
+    own, _ = targets(s, TrainOptions(neighbours=0, calibrate=False), rows)
+    mixed, _ = targets(s, TrainOptions(neighbours=5, neighbour_weight=0.4, calibrate=False), rows)
+    hidden = np.asarray(s.group["hidden"][:], dtype=np.float64)
+    nearest = nearest_by_cosine(hidden[rows], hidden, 5)
+    for row in range(s.rows):
+        others = [int(rows[j]) for j in nearest[row] if rows[j] != row][:5]  # never itself
+        np.testing.assert_allclose(mixed[row], 0.6 * own[row] + 0.4 * own[others].mean(0), atol=1e-6)
+    np.testing.assert_allclose(mixed.sum(1), 1, atol=1e-5)
+    # DSL-ProdLDA mixes in 10 by default; a bag-of-words target (the baselines') none.
+    default, _ = targets(s, TrainOptions(calibrate=False), rows)
+    assert not np.allclose(default, own, atol=1e-4)
+    bow, _ = targets(s, TrainOptions(target="bow"), rows)
+    bow_own, _ = targets(s, TrainOptions(target="bow", neighbours=0), rows)
+    np.testing.assert_array_equal(bow, bow_own)
+
+
+def test_neighbours_of_a_large_training_set_come_from_a_fixed_sample(store, monkeypatch):
+    import st.train as train_mod
+
+    path, _ = store
+    s = Store(path)
+    monkeypatch.setattr(train_mod, "NEIGHBOUR_ROWS", 60)
+    monkeypatch.setattr(train_mod, "NEIGHBOUR_BLOCK", 7)  # queries a few at a time: the same result
+    rows = np.random.default_rng(3).permutation(s.rows)  # any order
+    datas = [
+        train_mod.TrainingData.of(s, rows, TrainOptions(neighbours=4, calibrate=False, seed=seed)) for seed in (0, 9)
+    ]
+    sample = datas[0].neighbourhood.rows
+    assert len(sample) == 60 and set(sample.tolist()) <= set(rows.tolist())
+    np.testing.assert_array_equal(sample, datas[1].neighbourhood.rows)  # the target is the same for every seed
+    _, mixed = datas[0].read(np.arange(len(rows)))
+    own, _ = train_mod.targets(s, TrainOptions(neighbours=0, calibrate=False), rows)
+    hidden = np.asarray(s.group["hidden"][:], dtype=np.float64)
+    nearest = nearest_by_cosine(hidden[sample], hidden[rows], 4)
+    for i, row in enumerate(rows):
+        others = [int(sample[j]) for j in nearest[i] if sample[j] != row][:4]
+        np.testing.assert_allclose(mixed[i].numpy(), 0.5 * own[row] + 0.5 * own[others].mean(0), atol=1e-6)
+
+
+def test_neighbours_are_part_of_the_model_id_and_refused_below_zero(store, tmp_path):
+    from st.train import model_id, resolved
+
+    path, _ = store
+    s = Store(path)
+    rows = np.arange(s.rows)
+    ids = {n: model_id(resolved(TrainOptions(k=4, neighbours=n), len(rows)), s, rows) for n in (None, 0, 10, 3)}
+    assert ids[None] == ids[10] and len({ids[0], ids[10], ids[3]}) == 3
+    weights = {w: model_id(resolved(TrainOptions(k=4, neighbour_weight=w), len(rows)), s, rows) for w in (0.5, 0.2)}
+    assert weights[0.5] != weights[0.2]
+    # Without neighbours, their weight names nothing: such models keep the ids they had before the option.
+    no_hood = {
+        w: model_id(resolved(TrainOptions(k=4, neighbours=0, neighbour_weight=w), 9), s, rows) for w in (0.5, 0.2)
+    }
+    assert no_hood[0.5] == no_hood[0.2]
+    r = run_train("-k", "4", "--store", str(path), "--neighbours", "-1")
+    assert r.exit_code != 0 and "--neighbours" in r.stderr and "Traceback" not in r.output
+    r = run_train("-k", "4", "--store", str(path), "--epochs", "2", "--neighbours", "3", "-o", str(tmp_path / "m"))
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["training"]["neighbours"] == 3
 
 
 def test_dsl_decoder_and_dropout_flags_are_recorded_and_change_the_model_id(store, tmp_path):
@@ -691,7 +768,7 @@ def reference_training(s: Store, rows: np.ndarray, opts: TrainOptions) -> ProdLD
 @pytest.mark.parametrize("window", [0, 10_000])
 def test_a_window_over_the_whole_corpus_trains_the_in_memory_model(chunked, window):
     rows = np.random.default_rng(0).permutation(chunked.rows)[:150]  # a training set in any order
-    opts = TrainOptions(k=4, epochs=4, seed=2, window=window, calibrate=False, init="random")
+    opts = TrainOptions(k=4, epochs=4, seed=2, window=window, calibrate=False, init="random", neighbours=0)
     fitted, _ = train(chunked, rows, opts)
     reference = reference_training(chunked, rows, opts)
     for (name, x), (_, y) in zip(fitted.model.state_dict().items(), reference.state_dict().items(), strict=True):

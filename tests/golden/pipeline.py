@@ -89,8 +89,9 @@ def outputs(tiny: Path, cache: Path, tmp: Path) -> dict[str, Any]:
     out["embed/hidden"] = np.asarray(zarr.open_group(str(embed_store), mode="r")["hidden"][:])
 
     trainings = {
-        # --init random: DSL's start before k-means became its default, as the outputs were recorded.
-        "dsl": ["-k", "5", "--epochs", "3", "--init", "random"],
+        # --init random --neighbours 0: DSL's start and target before k-means and neighbours became its
+        # defaults, as the outputs were recorded.
+        "dsl": ["-k", "5", "--epochs", "3", "--init", "random", "--neighbours", "0"],
         "prodlda": ["-k", "4", "--epochs", "3", "--target", "bow", "--input", "bow"],
         "ctm": ["-k", "4", "--epochs", "3", "--target", "bow", "--input", "hidden", "--seed", "2"],
         "lda": ["-k", "4", "--backbone", "lda", "--passes", "2", "--iterations", "20"],
@@ -111,7 +112,8 @@ def outputs(tiny: Path, cache: Path, tmp: Path) -> dict[str, Any]:
 
     lines = records.splitlines()
     picked = b"\n".join(lines[10:50]) + b"\n"
-    docs = run(["train", "-k", "3", "--epochs", "2", "--init", "random", "--docs", "-q"], cache, stdin=picked)
+    docs = ["train", "-k", "3", "--epochs", "2", "--init", "random", "--neighbours", "0", "--docs", "-q"]
+    docs = run(docs, cache, stdin=picked)
     out["train-docs/stdout"] = _clean(docs, replace)
 
     model = tmp / "m-dsl"
