@@ -317,9 +317,10 @@ NEIGHBOUR_BLOCK = 1024  # documents whose similarities to the sample are in memo
 @dataclass
 class Neighbourhood:
     """The training documents (or a fixed sample of them) that `--neighbours` looks among: their
-    store rows (sorted), their inputs standardised and scaled to unit length, and their own targets.
-    Neighbours are nearest by cosine between standardised inputs, so that no one large input
-    dimension decides them; a document is never its own neighbour."""
+    store rows (sorted), their inputs standardised and scaled to unit length, and their own targets;
+    and each training document's k nearest among them, found once (a windowed training reads every
+    document again each epoch). Neighbours are nearest by cosine between standardised inputs, so
+    that no one large input dimension decides them; a document is never its own neighbour."""
 
     rows: np.ndarray
     inputs: np.ndarray  # float32, unit rows
@@ -328,6 +329,8 @@ class Neighbourhood:
     scale: np.ndarray
     k: int  # neighbours per document
     weight: float  # their mean target's share
+    known: np.ndarray  # the training documents' store rows, sorted
+    nearest: np.ndarray  # len(known) × k: positions in `rows` of each one's neighbours
 
     @classmethod
     def of(cls, data: TrainingData) -> Neighbourhood:
@@ -343,14 +346,20 @@ class Neighbourhood:
         centre, scale = inputs.mean(0), inputs.std(0) + 1e-6
         k = min(int(data.opts.neighbours or 0), len(rows) - 1)
         inputs = unit((inputs - centre) / scale)
-        return cls(rows[order], inputs, y.numpy(), centre, scale, k, data.opts.neighbour_weight)
+        none = np.zeros((0, max(k, 0)), np.int32)
+        hood = cls(rows[order], inputs, y.numpy(), centre, scale, k, data.opts.neighbour_weight, rows[:0], none)
+        known = np.unique(data.rows)
+        nearest = np.empty((len(known), max(k, 0)), np.int32)
+        if k >= 1:
+            for start, stop, where in spans(known, data.corpus.chunk_rows):
+                x_part = model_inputs(data.corpus, data.opts.input, start, stop)[known[where] - start]
+                nearest[where] = hood.nearest_of(known[where], x_part)
+        hood.known, hood.nearest = known, nearest
+        return hood
 
-    def mixed(self, rows: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """Targets `y` of store `rows` (inputs `x`), each mixed with the mean target of its k nearest."""
-        k, weight = self.k, self.weight
-        if k < 1 or weight == 0:
-            return y
-        out = np.empty_like(y)
+    def nearest_of(self, rows: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """Positions in `self.rows` of the k nearest of documents at store `rows` with inputs `x`."""
+        out = np.empty((len(rows), self.k), np.int32)
         for b in range(0, len(rows), NEIGHBOUR_BLOCK):
             part = slice(b, b + NEIGHBOUR_BLOCK)
             q = unit((np.asarray(x[part], np.float64) - self.centre) / self.scale)
@@ -358,8 +367,23 @@ class Neighbourhood:
             where = np.searchsorted(self.rows, rows[part]).clip(max=len(self.rows) - 1)
             own = self.rows[where] == rows[part]
             sims[np.flatnonzero(own), where[own]] = -np.inf
-            nearest = np.argpartition(-sims, k - 1, axis=1)[:, :k]
-            out[part] = (1 - weight) * y[part] + weight * self.targets[nearest].mean(axis=1)
+            out[part] = np.argpartition(-sims, self.k - 1, axis=1)[:, : self.k]
+        return out
+
+    def mixed(self, rows: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Targets `y` of store `rows` (inputs `x`), each mixed with the mean target of its k nearest."""
+        if self.k < 1 or self.weight == 0:
+            return y
+        where = np.searchsorted(self.known, rows).clip(max=max(len(self.known) - 1, 0))
+        known = self.known[where] == rows if len(self.known) else np.zeros(len(rows), bool)
+        nearest = np.empty((len(rows), self.k), np.int32)
+        nearest[known] = self.nearest[where[known]]
+        if not known.all():  # documents outside the training set (`targets` of a whole store)
+            nearest[~known] = self.nearest_of(rows[~known], x[~known])
+        out = np.empty_like(y)
+        for b in range(0, len(rows), NEIGHBOUR_BLOCK):  # k targets per document in memory at once
+            part = slice(b, b + NEIGHBOUR_BLOCK)
+            out[part] = (1 - self.weight) * y[part] + self.weight * self.targets[nearest[part]].mean(axis=1)
         return out
 
 

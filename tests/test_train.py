@@ -542,6 +542,22 @@ def test_neighbours_of_a_large_training_set_come_from_a_fixed_sample(store, monk
         np.testing.assert_allclose(mixed[i].numpy(), 0.5 * own[row] + 0.5 * own[others].mean(0), atol=1e-6)
 
 
+def test_a_windowed_training_finds_each_documents_neighbours_once(chunked, monkeypatch):
+    import st.train as train_mod
+
+    found: list[int] = []
+    real = train_mod.Neighbourhood.nearest_of
+
+    def counted(self, rows, x):
+        found.append(len(rows))
+        return real(self, rows, x)
+
+    monkeypatch.setattr(train_mod.Neighbourhood, "nearest_of", counted)
+    rows = np.random.default_rng(4).permutation(chunked.rows)[:150]
+    train(chunked, rows, TrainOptions(k=4, epochs=3, window=40))
+    assert sum(found) == 150  # every training document's, once, not once per epoch's windows
+
+
 def test_neighbours_are_part_of_the_model_id_and_refused_below_zero(store, tmp_path):
     from st.train import model_id, resolved
 
