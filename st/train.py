@@ -351,9 +351,11 @@ class Neighbourhood:
         known = np.unique(data.rows)
         nearest = np.empty((len(known), max(k, 0)), np.int32)
         if k >= 1:
-            for start, stop, where in spans(known, data.corpus.chunk_rows):
-                x_part = model_inputs(data.corpus, data.opts.input, start, stop)[known[where] - start]
-                nearest[where] = hood.nearest_of(known[where], x_part)
+            with progress.task("neighbours", total=len(known)) as bar:
+                for start, stop, where in spans(known, data.corpus.chunk_rows):
+                    x_part = model_inputs(data.corpus, data.opts.input, start, stop)[known[where] - start]
+                    nearest[where] = hood.nearest_of(known[where], x_part)
+                    bar.advance(len(where))
         hood.known, hood.nearest = known, nearest
         return hood
 
