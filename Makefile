@@ -61,7 +61,7 @@ naming: $(BIN)/.installed
 # DSL against the classic topic models and BERTopic on ../shared/data (hours on 2 CPU cores; resumable).
 quality: $(BIN)/.installed
 	$(BIN)/pip install -q -e '.[baselines]'
-	$(BIN)/python bench/quality.py --docs $${QUALITY_DOCS:-6000} --extra-k 20 --out bench/quality.md --readme README.md
+	$(BIN)/python bench/quality.py --docs $${QUALITY_DOCS:-6000} --extra-k 20 --out bench/quality.md --readme docs/results.md
 
 # The robustness protocol of part 10: both corpora, 1,000 / 2,500 / 6,000 documents, K = 5, 10, 20, 50,
 # 5 seeds; DSL (and its levers), the contextual baseline and BERTopic (days on 2 cores; resumable).

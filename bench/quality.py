@@ -4,7 +4,8 @@ For each corpus (a fixed, label-stratified subset of up to --docs documents), th
 encodes the documents once (`st softlabel`, through the shared cache), then for each K and seed
 every model is trained with `st train` on the same store, vocabulary and documents and measured
 with `st eval`. The table (mean ± std over seeds) goes to --out and, between the quality markers,
-into the README. Finished runs are kept in WORK/results.jsonl, so an interrupted run resumes.
+into --readme (`make quality`: docs/results.md). Finished runs are kept in WORK/results.jsonl, so
+an interrupted run resumes.
 
 The headline models run with every seed; the other backbones and the DSL variants (--extra) with
 the first seed only, to keep `make quality` within a few hours on a 2-core CPU (--jobs trainings

@@ -445,17 +445,17 @@ FASTOPIC_LAMBDA = 10.0
 
 
 # DSL-ProdLDA's decoder norm: three quarters of the way from centring to ProdLDA's full batch norm,
-# with a learned gain and shift per word (see README, "Results"); the bag-of-words models and the
+# with a learned gain and shift per word (see docs/results.md); the bag-of-words models and the
 # other backbones keep the published batch norm.
 DSL_DECODER_NORM = 0.75
 # With the learned gain, dropout on θ measured a flatter θ, and the salient words of topics that
-# split one theme ran together; ProdLDA's 0.2 stays for the others (see README, "Results").
+# split one theme ran together; ProdLDA's 0.2 stays for the others (see docs/results.md).
 DSL_THETA_DROPOUT = 0.0
 # Fewer, larger steps than ProdLDA's 64 documents: on 6,000 documents, DSL-ProdLDA's topics then
 # split fewer themes into topics that share their words (more diversity), and purity rose at K = 50.
 # Neither the same steps at 64 (25 epochs) nor 256 at four times the epochs did both. On 1,000
 # documents, 4 steps per epoch were too few: 64 did better; on 2,500, 128 did. So: the largest of
-# these batches that still gives DSL_MIN_STEPS steps per epoch (see README, "Results").
+# these batches that still gives DSL_MIN_STEPS steps per epoch (see docs/results.md).
 DSL_BATCH_SIZES = (256, 128, 64)
 # DSL-ProdLDA's topics start at k-means clusters of the inputs: chosen on StackOverflow titles
 # (1,000 documents, K = 5 to 50, 5 seeds), confirmed on TweetTopic and at 6,000 documents (see
