@@ -41,13 +41,17 @@ METRICS = ["npmi", "cv", "td", "purity", "nmi", "p@10"]
 MODELS: dict[str, tuple[str, list[str]]] = {
     "dsl": (
         "DSL-ProdLDA (st default: the LM's hidden state and MiniLM's embedding side by side as input, calibrated "
-        "target + 0.3 bag of words, mixed half and half with the mean target of the 10 nearest documents, decoder "
-        "norm 0.75 with a learned gain and shift, no dropout on θ, 256 documents per step, β started at k-means "
-        "clusters, salient topic words)",
+        "target + 0.3 bag of words, mixed half and half with the mean target of the 10 nearest documents in a UMAP "
+        "layout of the inputs, decoder norm 0.75 with a learned gain and shift, no dropout on θ, 256 documents per "
+        "step, β started at k-means clusters of that layout, salient topic words)",
         [],
     ),
     "dsl-lm": ("DSL-ProdLDA on the LM's hidden state alone (the default before)", []),
-    "dsl-own": ("DSL-ProdLDA, each document's own target: no neighbours (the default before)", ["--neighbours", "0"]),
+    "dsl-own": ("DSL-ProdLDA, each document's own target: no neighbours", ["--neighbours", "0"]),
+    "dsl-inputs": (
+        "DSL-ProdLDA, neighbours and k-means start in the inputs, not their UMAP layout (the default before)",
+        ["--layout", "inputs"],
+    ),
     "dsl-batch64": (
         "DSL-ProdLDA, 64 documents per step (ProdLDA's; the default before)",
         ["--batch-size", "64"],

@@ -403,6 +403,15 @@ class TrainOptions(Options):
         max=1,
         help="The share of the target that comes from the --neighbours.",
     )
+    layout: str | None = option(
+        None,
+        "--layout",
+        choices=("umap", "inputs"),
+        kind=str,
+        default_text="umap for DSL-ProdLDA, else inputs",
+        help="Where --neighbours and the k-means start (--init kmeans) look for documents alike: a 5-dimensional "
+        "UMAP layout of the standardised inputs, which draws each theme's documents together, or the inputs.",
+    )
     calibrate: bool | None = option(
         None,
         "--calibrate",

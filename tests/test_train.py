@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -504,7 +505,7 @@ def test_neighbours_mix_in_the_mean_target_of_the_nearest_training_documents(sto
     s = Store(path)
     rows = np.arange(0, s.rows, 2)  # half the corpus trains; the other half's neighbours are among it too
     own, _ = targets(s, TrainOptions(neighbours=0, calibrate=False), rows)
-    mixed, _ = targets(s, TrainOptions(neighbours=5, neighbour_weight=0.4, calibrate=False), rows)
+    mixed, _ = targets(s, TrainOptions(neighbours=5, neighbour_weight=0.4, calibrate=False, layout="inputs"), rows)
     hidden = np.asarray(s.group["hidden"][:], dtype=np.float64)
     nearest = nearest_by_cosine(hidden[rows], hidden, 5)
     for row in range(s.rows):
@@ -512,7 +513,7 @@ def test_neighbours_mix_in_the_mean_target_of_the_nearest_training_documents(sto
         np.testing.assert_allclose(mixed[row], 0.6 * own[row] + 0.4 * own[others].mean(0), atol=1e-6)
     np.testing.assert_allclose(mixed.sum(1), 1, atol=1e-5)
     # DSL-ProdLDA mixes in 10 by default; a bag-of-words target (the baselines') none.
-    default, _ = targets(s, TrainOptions(calibrate=False), rows)
+    default, _ = targets(s, TrainOptions(calibrate=False, layout="inputs"), rows)
     assert not np.allclose(default, own, atol=1e-4)
     bow, _ = targets(s, TrainOptions(target="bow"), rows)
     bow_own, _ = targets(s, TrainOptions(target="bow", neighbours=0), rows)
@@ -528,7 +529,8 @@ def test_neighbours_of_a_large_training_set_come_from_a_fixed_sample(store, monk
     monkeypatch.setattr(train_mod, "NEIGHBOUR_BLOCK", 7)  # queries a few at a time: the same result
     rows = np.random.default_rng(3).permutation(s.rows)  # any order
     datas = [
-        train_mod.TrainingData.of(s, rows, TrainOptions(neighbours=4, calibrate=False, seed=seed)) for seed in (0, 9)
+        train_mod.TrainingData.of(s, rows, TrainOptions(neighbours=4, calibrate=False, seed=seed, layout=layout))
+        for seed, layout in ((0, "inputs"), (9, "inputs"), (0, "umap"))
     ]
     sample = datas[0].neighbourhood.rows
     assert len(sample) == 60 and set(sample.tolist()) <= set(rows.tolist())
@@ -540,6 +542,11 @@ def test_neighbours_of_a_large_training_set_come_from_a_fixed_sample(store, monk
     for i, row in enumerate(rows):
         others = [int(sample[j]) for j in nearest[i] if sample[j] != row][:4]
         np.testing.assert_allclose(mixed[i].numpy(), 0.5 * own[row] + 0.5 * own[others].mean(0), atol=1e-6)
+    # In the UMAP layout, the sample's documents find theirs in the layout; the rest, by their inputs.
+    _, laid_out = datas[2].read(np.arange(len(rows)))
+    outside = ~np.isin(rows, sample)
+    np.testing.assert_allclose(laid_out[outside].numpy(), mixed[outside].numpy(), atol=1e-6)
+    assert not np.allclose(laid_out[~outside].numpy(), mixed[~outside].numpy(), atol=1e-4)
 
 
 def test_a_windowed_training_finds_each_documents_neighbours_once(chunked, monkeypatch):
@@ -554,8 +561,67 @@ def test_a_windowed_training_finds_each_documents_neighbours_once(chunked, monke
 
     monkeypatch.setattr(train_mod.Neighbourhood, "nearest_of", counted)
     rows = np.random.default_rng(4).permutation(chunked.rows)[:150]
-    train(chunked, rows, TrainOptions(k=4, epochs=3, window=40))
+    train(chunked, rows, TrainOptions(k=4, epochs=3, window=40, layout="inputs"))
     assert sum(found) == 150  # every training document's, once, not once per epoch's windows
+
+
+def nearest_by_distance(points: np.ndarray, k: int) -> np.ndarray:
+    """Each point's k nearest others (scipy's Euclidean distances, sorted)."""
+    from scipy.spatial.distance import cdist
+
+    d = cdist(points, points)
+    np.fill_diagonal(d, np.inf)
+    return np.argsort(d, axis=1, kind="stable")[:, :k]
+
+
+@pytest.mark.filterwarnings("ignore:n_jobs value")
+def test_the_umap_layout_is_where_neighbours_and_the_kmeans_start_look(store):
+    import umap
+    from sklearn.cluster import KMeans
+
+    import st.train as train_mod
+
+    path, _ = store
+    s = Store(path)
+    rows = np.random.default_rng(5).permutation(s.rows)[:120]
+    data = train_mod.TrainingData.of(s, rows, TrainOptions(k=4, neighbours=5, calibrate=False))  # umap: the default
+    hood = data.neighbourhood
+    assert hood is not None and hood.layout is not None and hood.layout.shape == (120, 5)
+    np.testing.assert_array_equal(hood.rows, np.sort(rows))
+    # UMAP's own layout of the standardised inputs (cosine), fixed whatever the training seed.
+    hidden = np.asarray(s.group["hidden"][:], dtype=np.float64)[hood.rows]
+    z = (hidden - hidden.mean(0)) / (hidden.std(0) + 1e-6)
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    np.testing.assert_allclose(hood.inputs, z, atol=1e-5)
+    direct = umap.UMAP(n_neighbors=15, n_components=5, min_dist=0.0, metric="cosine", random_state=0)
+    np.testing.assert_allclose(hood.layout, direct.fit_transform(hood.inputs), atol=1e-5)
+    # Each target mixed with the mean own target of its 5 nearest in the layout.
+    own, _ = train_mod.targets(s, TrainOptions(neighbours=0, calibrate=False), rows)
+    nearest = nearest_by_distance(hood.layout, 5)
+    _, mixed = data.read(np.arange(len(rows)))
+    for i, row in enumerate(rows):
+        at = int(np.searchsorted(hood.rows, row))
+        expected = 0.5 * own[row] + 0.5 * own[hood.rows[nearest[at]]].mean(0)
+        np.testing.assert_allclose(mixed[i].numpy(), expected, atol=1e-6)
+    # β starts at the log mean targets of k-means clusters of the layout, centred over the topics.
+    model = train_mod.build(train_mod.TopicConfig(input_size=hood.inputs.shape[1], vocab_size=own.shape[1], k=4))
+    train_mod.cluster_beta(model, data, None, seed=3)
+    labels = KMeans(n_clusters=4, n_init=4, random_state=3).fit_predict(hood.layout.astype(np.float64))
+    laid = mixed.numpy()[np.argsort(rows)]  # in the layout's order
+    log = np.log(np.stack([laid[labels == c].mean(0) for c in range(4)]) + 1e-12)
+    np.testing.assert_allclose(model.beta.detach().numpy(), log - log.mean(0), atol=1e-4)
+
+
+def test_too_few_documents_to_lay_out_use_the_inputs(store):
+    import st.train as train_mod
+
+    path, _ = store
+    s = Store(path)
+    rows = np.arange(25)
+    data = train_mod.TrainingData.of(s, rows, TrainOptions(k=4, neighbours=3, calibrate=False))
+    inputs = train_mod.TrainingData.of(s, rows, TrainOptions(k=4, neighbours=3, calibrate=False, layout="inputs"))
+    assert data.neighbourhood is not None and data.neighbourhood.layout is None
+    np.testing.assert_array_equal(data.neighbourhood.nearest, inputs.neighbourhood.nearest)
 
 
 def test_neighbours_are_part_of_the_model_id_and_refused_below_zero(store, tmp_path):
@@ -573,6 +639,16 @@ def test_neighbours_are_part_of_the_model_id_and_refused_below_zero(store, tmp_p
         w: model_id(resolved(TrainOptions(k=4, neighbours=0, neighbour_weight=w), 9), s, rows) for w in (0.5, 0.2)
     }
     assert no_hood[0.5] == no_hood[0.2]
+    layouts = {
+        lay: model_id(resolved(TrainOptions(k=4, layout=lay), len(rows)), s, rows) for lay in (None, "umap", "inputs")
+    }
+    assert layouts[None] == layouts["umap"] == ids[None] != layouts["inputs"]
+    # The baselines look in the inputs: their ids stay what they were before the option.
+    ctm = TrainOptions(k=4, target="bow", init="kmeans")
+    explicit = dataclasses.replace(ctm, layout="inputs")
+    assert model_id(resolved(ctm, 9), s, rows) == model_id(resolved(explicit, 9), s, rows)
+    r = run_train("-k", "4", "--store", str(path), "--layout", "tsne")
+    assert r.exit_code != 0 and "--layout" in r.stderr and "Traceback" not in r.output
     r = run_train("-k", "4", "--store", str(path), "--neighbours", "-1")
     assert r.exit_code != 0 and "--neighbours" in r.stderr and "Traceback" not in r.output
     r = run_train("-k", "4", "--store", str(path), "--epochs", "2", "--neighbours", "3", "-o", str(tmp_path / "m"))
