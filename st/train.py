@@ -412,18 +412,24 @@ def umap_layout(inputs: np.ndarray) -> np.ndarray | None:
         return None
     import warnings
 
+    threads = torch.get_num_threads()
     with progress.task("layout (UMAP)", total=1) as bar, warnings.catch_warnings():
         # "n_jobs overridden by random_state": one thread is the price of a layout that a seed fixes.
         warnings.simplefilter("ignore")
         import umap
 
-        fitted = umap.UMAP(
-            n_neighbors=LAYOUT_NEIGHBOURS,
-            n_components=LAYOUT_DIMENSIONS,
-            min_dist=0.0,
-            metric="cosine",
-            random_state=0,
-        ).fit_transform(inputs)
+        try:
+            fitted = umap.UMAP(
+                n_neighbors=LAYOUT_NEIGHBOURS,
+                n_components=LAYOUT_DIMENSIONS,
+                min_dist=0.0,
+                metric="cosine",
+                random_state=0,
+            ).fit_transform(inputs)
+        finally:
+            # numba's OpenMP pool shares torch's: leaving a fit, it sets every core, overriding
+            # OMP_NUM_THREADS for the training that follows (two trainings side by side then fight).
+            torch.set_num_threads(threads)
         bar.advance()
     return np.asarray(fitted, np.float32)
 

@@ -624,6 +624,23 @@ def test_too_few_documents_to_lay_out_use_the_inputs(store):
     np.testing.assert_array_equal(data.neighbourhood.nearest, inputs.neighbourhood.nearest)
 
 
+def test_the_layout_leaves_the_trainings_thread_count_alone():
+    """numba's OpenMP pool is torch's: a UMAP fit that set every core would make two trainings side by
+    side (each told OMP_NUM_THREADS=1) fight over the cores."""
+    import torch
+
+    from st.train import umap_layout
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        layout = umap_layout(np.random.default_rng(0).random((60, 8), dtype=np.float32))
+        assert layout is not None and layout.shape == (60, 5)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_neighbours_are_part_of_the_model_id_and_refused_below_zero(store, tmp_path):
     from st.train import model_id, resolved
 
