@@ -48,6 +48,7 @@ MODELS: dict[str, tuple[str, list[str]]] = {
     ),
     "dsl-lm": ("DSL-ProdLDA on the LM's hidden state alone (the default before)", []),
     "dsl-own": ("DSL-ProdLDA, each document's own target: no neighbours", ["--neighbours", "0"]),
+    "dsl-weight08": ("DSL-ProdLDA, neighbours' mean target weighted 0.8", ["--neighbour-weight", "0.8"]),
     "dsl-inputs": (
         "DSL-ProdLDA, neighbours and k-means start in the inputs, not their UMAP layout (the default before)",
         ["--layout", "inputs"],
