@@ -59,7 +59,10 @@ def checks(cell: dict[str, list[dict]], default: str, k: int) -> list[str]:
     return out
 
 
-def tables(results: list[dict], corpora: list[str], sizes: list[int], ks: list[int], models: list[str]) -> str:
+def tables(
+    results: list[dict], corpora: list[str], sizes: list[int], ks: list[int], models: list[str]
+) -> tuple[str, str]:
+    """How many cells each DSL row passes (one line), and the full tables: every model, every cell."""
     out = []
     cells = 0
     passing = {m: 0 for m in models if m.startswith("dsl")}  # cells where each DSL row meets every check
@@ -97,7 +100,43 @@ def tables(results: list[dict], corpora: list[str], sizes: list[int], ks: list[i
     summary = f"The default ({models[0]}) meets every check in {met} of the {cells} cells with baselines"
     summary += "".join(f"; {m}, in {n}" for m, n in passing.items()) + "."
     legend = "; ".join(f"{m}: {quality.MODELS[m][0]}" for m in models)
-    return summary + "\n\nModels — " + legend + ".\n" + "\n".join(out)
+    return summary, "Models — " + legend + ".\n" + "\n".join(out)
+
+
+def default_rows(results: list[dict], corpora: list[str], sizes: list[int], ks: list[int], models: list[str]) -> str:
+    """The README's block: per corpus, one row per size and K with the default's mean ± std beside
+    BERTopic's mean, its worst seed beside the contextual baseline's mean, and the checks; the full
+    tables (every model, worst seeds, times) are in bench/robustness.md."""
+    default = models[0]
+    out = []
+    for corpus in corpora:
+        rows_here = [r for r in results if r["corpus"] == corpus and r["size"] in sizes]
+        if not rows_here:
+            continue
+        out.append(f"\n**{quality.CORPORA[corpus]}**: {default} mean ± std over the seeds (BERTopic's mean)\n")
+        head = " | ".join("P@10" if m == "p@10" else m.upper() if m in ("nmi", "npmi", "td") else m for m in METRICS)
+        out.append(f"| documents | K | {head} | worst purity / NMI (ctm's mean) | checks |")
+        out.append("|---" * (len(METRICS) + 4) + "|")
+        for size in sizes:
+            for k in ks:
+                cell = {
+                    m: [r for r in rows_here if r["size"] == size and r["k"] == k and r["name"] == m] for m in models
+                }
+                mine = cell.get(default, [])
+                if not mine:
+                    continue
+                values = []
+                for m in METRICS:
+                    mean, std, _ = stats(mine, m)
+                    theirs = f" ({stats(cell['bertopic'], m)[0]:.3f})" if cell.get("bertopic") else ""
+                    values.append(f"{mean:.3f} ± {std:.3f}{theirs}")
+                worst = " / ".join(f"{stats(mine, m)[2]:.3f}" for m in ("purity", "nmi"))
+                if cell.get("ctm"):
+                    worst += " (" + " / ".join(f"{stats(cell['ctm'], m)[0]:.3f}" for m in ("purity", "nmi")) + ")"
+                failed = checks(cell, default, k)
+                verdict = "✗ " + ", ".join(failed) if failed else "✓"
+                out.append(f"| {mine[0]['documents']:,} | {k} | " + " | ".join(values) + f" | {worst} | {verdict} |")
+    return "\n".join(out)
 
 
 def main() -> None:
@@ -172,8 +211,8 @@ def main() -> None:
             print(f"{corpus} {size} K={k} seed={seed} {model}: {summary} ({r['train_s']:.0f} s)", file=sys.stderr)
     head = (
         f"`make robustness` ({time.strftime('%Y-%m-%d')}, embedded SmolLM2-135M-Instruct, τ = 3, seeds "
-        f"{', '.join(map(str, args.seeds))}; each cell: mean ± std (worst seed); P@10 by KL between θ; "
-        "NPMI on the corpus itself, top 10 words; TD on the top 25; train s: one training, 1 thread):\n"
+        f"{', '.join(map(str, args.seeds))}; P@10 by KL between θ; NPMI on the corpus itself, top 10 words; "
+        "TD on the top 25{}):\n"
     )
     planned = len(corpora) * len(args.sizes) * len(args.k) * len(args.seeds) * len(models)
     finished = {
@@ -187,8 +226,12 @@ def main() -> None:
     }
     if len(finished) < planned:  # a table cut short says so
         head += f"\n{len(finished)} of the {planned} planned trainings have finished.\n"
-    text = head + "\n" + tables(results, corpora, args.sizes, args.k, models)
-    readme.publish(text, "robustness", Path(args.out), Path(args.readme) if args.readme else None)
+    full_head = head.format("; each cell: mean ± std (worst seed); train s: one training, 1 thread")
+    passed, full = tables(results, corpora, args.sizes, args.k, models)
+    readme.publish(f"{full_head}\n{passed}\n\n{full}", "robustness", Path(args.out), None)
+    if args.readme:  # the README gets the default's rows; bench/robustness.md keeps every model's
+        short = default_rows(results, corpora, args.sizes, args.k, models)
+        readme.put(Path(args.readme), "robustness", f"{head.format('')}\n{passed}\n{short}")
     if failed:
         sys.exit(f"{len(failed)} runs failed (see above)")
 
