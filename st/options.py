@@ -412,6 +412,15 @@ class TrainOptions(Options):
         help="Where --neighbours and the k-means start (--init kmeans) look for documents alike: a 5-dimensional "
         "UMAP layout of the standardised inputs, which draws each theme's documents together, or the inputs.",
     )
+    balance_inputs: bool | None = option(
+        None,
+        "--balance-inputs",
+        negatable=True,
+        kind=bool,
+        default_text="on for DSL-ProdLDA",
+        help="Where the input is the LM's hidden state beside a sentence embedder's, let both count alike when "
+        "--neighbours and the k-means start look for documents alike (each standardised part scaled to unit length).",
+    )
     calibrate: bool | None = option(
         None,
         "--calibrate",

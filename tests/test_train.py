@@ -6,6 +6,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import orjson
@@ -488,17 +489,29 @@ def test_calibrate_removes_each_words_mean_logit_over_the_training_documents(sto
     assert calibrated[rows, favoured].mean() < plain[rows, favoured].mean()
 
 
-def nearest_by_cosine(reference: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
-    """The positions in `reference` of each query's k+1 nearest rows by cosine between inputs
-    standardised over the reference (scikit-learn's exact search)."""
+def lm_size(tiny_model: Path) -> int:
+    """Where the LM's hidden state ends in a store's inputs: the store fixture's has MiniLM's after it."""
+    return int(orjson.loads((tiny_model / "config.json").read_bytes())["hidden_size"])
+
+
+def in_space(x: np.ndarray, reference: np.ndarray, cut: int) -> np.ndarray:
+    """Rows standardised over `reference`, the LM's part and the embedder's each of unit length."""
+    z = (x - reference.mean(0)) / (reference.std(0) + 1e-6)
+    parts = [z[:, :cut], z[:, cut:]]
+    z = np.hstack([p / np.linalg.norm(p, axis=1, keepdims=True) for p in parts])
+    return z / np.linalg.norm(z, axis=1, keepdims=True)
+
+
+def nearest_by_cosine(reference: np.ndarray, queries: np.ndarray, k: int, cut: int) -> np.ndarray:
+    """The positions in `reference` of each query's k+1 nearest rows by cosine in `in_space`
+    (scikit-learn's exact search)."""
     from sklearn.neighbors import NearestNeighbors
 
-    centre, scale = reference.mean(0), reference.std(0) + 1e-6
-    index = NearestNeighbors(n_neighbors=k + 1, metric="cosine").fit((reference - centre) / scale)
-    return index.kneighbors((queries - centre) / scale, return_distance=False)
+    index = NearestNeighbors(n_neighbors=k + 1, metric="cosine").fit(in_space(reference, reference, cut))
+    return index.kneighbors(in_space(queries, reference, cut), return_distance=False)
 
 
-def test_neighbours_mix_in_the_mean_target_of_the_nearest_training_documents(store):
+def test_neighbours_mix_in_the_mean_target_of_the_nearest_training_documents(store, tiny_model):
     from st.train import targets
 
     path, _ = store
@@ -507,7 +520,7 @@ def test_neighbours_mix_in_the_mean_target_of_the_nearest_training_documents(sto
     own, _ = targets(s, TrainOptions(neighbours=0, calibrate=False), rows)
     mixed, _ = targets(s, TrainOptions(neighbours=5, neighbour_weight=0.4, calibrate=False, layout="inputs"), rows)
     hidden = np.asarray(s.group["hidden"][:], dtype=np.float64)
-    nearest = nearest_by_cosine(hidden[rows], hidden, 5)
+    nearest = nearest_by_cosine(hidden[rows], hidden, 5, lm_size(tiny_model))
     for row in range(s.rows):
         others = [int(rows[j]) for j in nearest[row] if rows[j] != row][:5]  # never itself
         np.testing.assert_allclose(mixed[row], 0.6 * own[row] + 0.4 * own[others].mean(0), atol=1e-6)
@@ -520,7 +533,7 @@ def test_neighbours_mix_in_the_mean_target_of_the_nearest_training_documents(sto
     np.testing.assert_array_equal(bow, bow_own)
 
 
-def test_neighbours_of_a_large_training_set_come_from_a_fixed_sample(store, monkeypatch):
+def test_neighbours_of_a_large_training_set_come_from_a_fixed_sample(store, tiny_model, monkeypatch):
     import st.train as train_mod
 
     path, _ = store
@@ -538,7 +551,7 @@ def test_neighbours_of_a_large_training_set_come_from_a_fixed_sample(store, monk
     _, mixed = datas[0].read(np.arange(len(rows)))
     own, _ = train_mod.targets(s, TrainOptions(neighbours=0, calibrate=False), rows)
     hidden = np.asarray(s.group["hidden"][:], dtype=np.float64)
-    nearest = nearest_by_cosine(hidden[sample], hidden[rows], 4)
+    nearest = nearest_by_cosine(hidden[sample], hidden[rows], 4, lm_size(tiny_model))
     for i, row in enumerate(rows):
         others = [int(sample[j]) for j in nearest[i] if sample[j] != row][:4]
         np.testing.assert_allclose(mixed[i].numpy(), 0.5 * own[row] + 0.5 * own[others].mean(0), atol=1e-6)
@@ -575,7 +588,7 @@ def nearest_by_distance(points: np.ndarray, k: int) -> np.ndarray:
 
 
 @pytest.mark.filterwarnings("ignore:n_jobs value")
-def test_the_umap_layout_is_where_neighbours_and_the_kmeans_start_look(store):
+def test_the_umap_layout_is_where_neighbours_and_the_kmeans_start_look(store, tiny_model):
     import umap
     from sklearn.cluster import KMeans
 
@@ -590,9 +603,7 @@ def test_the_umap_layout_is_where_neighbours_and_the_kmeans_start_look(store):
     np.testing.assert_array_equal(hood.rows, np.sort(rows))
     # UMAP's own layout of the standardised inputs (cosine), fixed whatever the training seed.
     hidden = np.asarray(s.group["hidden"][:], dtype=np.float64)[hood.rows]
-    z = (hidden - hidden.mean(0)) / (hidden.std(0) + 1e-6)
-    z /= np.linalg.norm(z, axis=1, keepdims=True)
-    np.testing.assert_allclose(hood.inputs, z, atol=1e-5)
+    np.testing.assert_allclose(hood.inputs, in_space(hidden, hidden, lm_size(tiny_model)), atol=1e-5)
     direct = umap.UMAP(n_neighbors=15, n_components=5, min_dist=0.0, metric="cosine", random_state=0)
     np.testing.assert_allclose(hood.layout, direct.fit_transform(hood.inputs), atol=1e-5)
     # Each target mixed with the mean own target of its 5 nearest in the layout.
@@ -610,6 +621,31 @@ def test_the_umap_layout_is_where_neighbours_and_the_kmeans_start_look(store):
     laid = mixed.numpy()[np.argsort(rows)]  # in the layout's order
     log = np.log(np.stack([laid[labels == c].mean(0) for c in range(4)]) + 1e-12)
     np.testing.assert_allclose(model.beta.detach().numpy(), log - log.mean(0), atol=1e-4)
+
+
+def test_the_lm_and_the_embedder_weigh_alike_among_neighbours(store, tiny_model, cache_dir, tmp_path):
+    import st.train as train_mod
+
+    path, _ = store
+    s = Store(path)
+    rows = np.arange(s.rows)
+    hidden = np.asarray(s.group["hidden"][:], dtype=np.float64)
+    cut = lm_size(tiny_model)
+    assert train_mod.input_parts(s, train_mod.resolved(TrainOptions()), hidden) == cut  # DSL's default
+    assert train_mod.input_parts(s, TrainOptions(balance_inputs=False), hidden) is None
+    assert train_mod.input_parts(s, train_mod.resolved(TrainOptions(target="bow")), hidden) is None
+    hood = train_mod.TrainingData.of(s, rows, TrainOptions(k=4, neighbours=3, layout="inputs")).neighbourhood
+    assert hood is not None
+    halves = [np.linalg.norm(hood.inputs[:, :cut], axis=1), np.linalg.norm(hood.inputs[:, cut:], axis=1)]
+    np.testing.assert_allclose(halves, np.sqrt(0.5), atol=1e-5)
+    # The LM's hidden state alone is one part: standardised, then of unit length.
+    alone = store_again(tmp_path / "alone.zarr", tiny_model, cache_dir, "--embedder", "none")
+    lm = np.asarray(alone.group["hidden"][:], dtype=np.float64)
+    assert lm.shape[1] == cut and train_mod.input_parts(alone, TrainOptions(balance_inputs=True), lm) is None
+    hood = train_mod.TrainingData.of(alone, rows, TrainOptions(k=4, neighbours=3, layout="inputs")).neighbourhood
+    assert hood is not None
+    z = (lm - lm.mean(0)) / (lm.std(0) + 1e-6)
+    np.testing.assert_allclose(hood.inputs, z / np.linalg.norm(z, axis=1, keepdims=True), atol=1e-5)
 
 
 def test_too_few_documents_to_lay_out_use_the_inputs(store):
@@ -664,6 +700,11 @@ def test_neighbours_are_part_of_the_model_id_and_refused_below_zero(store, tmp_p
     ctm = TrainOptions(k=4, target="bow", init="kmeans")
     explicit = dataclasses.replace(ctm, layout="inputs")
     assert model_id(resolved(ctm, 9), s, rows) == model_id(resolved(explicit, 9), s, rows)
+    balanced = {b: model_id(resolved(TrainOptions(k=4, balance_inputs=b), 9), s, rows) for b in (None, True, False)}
+    assert balanced[None] == balanced[True] == ids[None] != balanced[False]
+    assert model_id(resolved(dataclasses.replace(ctm, balance_inputs=False), 9), s, rows) == model_id(
+        resolved(ctm, 9), s, rows
+    )
     r = run_train("-k", "4", "--store", str(path), "--layout", "tsne")
     assert r.exit_code != 0 and "--layout" in r.stderr and "Traceback" not in r.output
     r = run_train("-k", "4", "--store", str(path), "--neighbours", "-1")
