@@ -42,16 +42,23 @@ MODELS: dict[str, tuple[str, list[str]]] = {
     "dsl": (
         "DSL-ProdLDA (st default: the LM's hidden state and MiniLM's embedding side by side as input, calibrated "
         "target + 0.3 bag of words, mixed half and half with the mean target of the 10 nearest documents in a UMAP "
-        "layout of the inputs, decoder norm 0.75 with a learned gain and shift, no dropout on θ, 256 documents per "
-        "step, β started at k-means clusters of that layout, salient topic words)",
+        "layout of the inputs (the LM's part and MiniLM's weighed alike), decoder norm 0.75 with a learned gain "
+        "and shift, no dropout on θ, 256 documents per step, β started at k-means clusters of that layout, salient "
+        "topic words)",
         [],
     ),
     "dsl-lm": ("DSL-ProdLDA on the LM's hidden state alone (the default before)", []),
     "dsl-own": ("DSL-ProdLDA, each document's own target: no neighbours", ["--neighbours", "0"]),
     "dsl-weight08": ("DSL-ProdLDA, neighbours' mean target weighted 0.8", ["--neighbour-weight", "0.8"]),
+    "dsl-whole": (
+        "DSL-ProdLDA, the layout of the standardised inputs as a whole, where the LM's 576 dimensions outweigh "
+        "MiniLM's 384 (the default before)",
+        ["--no-balance-inputs"],
+    ),
     "dsl-inputs": (
-        "DSL-ProdLDA, neighbours and k-means start in the inputs, not their UMAP layout (the default before)",
-        ["--layout", "inputs"],
+        "DSL-ProdLDA, neighbours and k-means start in the standardised inputs as a whole, not a UMAP layout (the "
+        "default before that)",
+        ["--layout", "inputs", "--no-balance-inputs"],
     ),
     "dsl-batch64": (
         "DSL-ProdLDA, 64 documents per step (ProdLDA's; the default before)",

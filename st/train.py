@@ -565,8 +565,8 @@ DSL_NEIGHBOURS = 10
 DSL_LAYOUT = "umap"
 # There, the LM's hidden state and MiniLM's embedding count alike (`neighbourhood_space`). Chosen on
 # StackOverflow titles (k-means of the layouts, then 2,500 documents, K = 10, 20, 50, 3 seeds: NMI
-# +0.023 at K = 10, level at 20 and 50), confirmed on TweetTopic at 2,500; then the whole protocol
-# (see docs/robustness.md).
+# +0.023 at K = 10, level at 20 and 50), confirmed on TweetTopic at 2,500; over the whole protocol
+# NMI rose in 17 of 24 cells and every check held in 17 against 16 (see docs/robustness.md).
 DSL_BALANCE_INPUTS = True
 DSL_MIN_STEPS = 16
 
