@@ -15,6 +15,7 @@ import hashlib
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Protocol
@@ -55,6 +56,32 @@ def open_cache(spec: str | Path) -> LMCache:
 _SCHEMA = "CREATE TABLE IF NOT EXISTS entries (key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID"
 
 
+WAIT_SECONDS = 120.0  # how long a run waits for another's lock on the cache
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    """A connection to the cache database, in WAL mode with its table made. Two processes opening a
+    new cache at once may both hold a read lock and both want the write lock that switching to WAL
+    takes: SQLite then answers one "database is locked" at once rather than let it wait (a deadlock
+    otherwise), so that one starts again after a pause, until WAIT_SECONDS have passed."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    pause = 0.01
+    while True:
+        db = sqlite3.connect(path, timeout=WAIT_SECONDS, isolation_level=None)
+        try:
+            if str(db.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            db.execute(_SCHEMA)
+            return db
+        except sqlite3.OperationalError as e:
+            db.close()
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(2 * pause, 0.5)
+
+
 class Cache:
     def __init__(self, folder: Path) -> None:
         self.path = folder / "lm-cache.sqlite"
@@ -71,11 +98,7 @@ class Cache:
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self.path, timeout=120, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute(_SCHEMA)
-            self._local.db = db
+            db = self._local.db = _connect(self.path)
         return db
 
     key = staticmethod(cache_key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from click.testing import CliRunner
 
 from st.cache import Cache, ObjectCache, cache_key, open_cache
 from st.cli import cli
+from st.errors import StError
 from tests.conftest import EXAMPLES
 
 
@@ -88,3 +90,52 @@ def test_softlabel_with_a_url_cache_resumes_from_it(tiny_model, models_cache, tm
     assert "(200 through the LM, 0 from the cache)" in runs[0]
     assert "(0 through the LM, 200 from the cache)" in runs[1]
     assert any(Path(tmp_path / "shared-cache").rglob("*"))
+
+
+class _Locked:
+    """A real connection whose first statement is answered "database is locked", as SQLite answers
+    one of two processes that switch a new cache to WAL at once."""
+
+    def __init__(self, db, message: str) -> None:
+        self.db, self.message = db, message
+
+    def execute(self, *args):
+        if self.message:
+            message, self.message = self.message, ""
+            raise sqlite3.OperationalError(message)
+        return self.db.execute(*args)
+
+    def __getattr__(self, name):
+        return getattr(self.db, name)
+
+    def __enter__(self):
+        return self.db.__enter__()
+
+    def __exit__(self, *exc):
+        return self.db.__exit__(*exc)
+
+
+def test_a_cache_locked_while_it_opens_is_opened_again(tmp_path, monkeypatch):
+    import st.cache as cache_mod
+
+    real = sqlite3.connect
+    answers = ["database is locked", "database is locked", ""]
+    opened = []
+
+    def connect(*args, **kwargs):
+        opened.append(_Locked(real(*args, **kwargs), answers.pop(0)))
+        return opened[-1]
+
+    monkeypatch.setattr(cache_mod.sqlite3, "connect", connect)
+    c = Cache(tmp_path / "c")
+    assert len(opened) == 3 and not answers  # two refusals, then the third connection
+    key = cache_key(b"ns", "text")
+    c.put_many({key: np.arange(3, dtype=np.float32)})
+    np.testing.assert_array_equal(c.get_many([key])[key], np.arange(3, dtype=np.float32))
+    assert real(tmp_path / "c" / "lm-cache.sqlite").execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    # Another error, or a lock that outlasts the wait, is the one-line error it always was.
+    for message, wait in (("disk I/O error", 120.0), ("database is locked", 0.0)):
+        answers[:] = [message] * 50
+        monkeypatch.setattr(cache_mod, "WAIT_SECONDS", wait)
+        with pytest.raises(StError, match="cannot open the LM cache"):
+            Cache(tmp_path / "d")
