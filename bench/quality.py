@@ -50,6 +50,10 @@ MODELS: dict[str, tuple[str, list[str]]] = {
     "dsl-lm": ("DSL-ProdLDA on the LM's hidden state alone (the default before)", []),
     "dsl-own": ("DSL-ProdLDA, each document's own target: no neighbours", ["--neighbours", "0"]),
     "dsl-weight08": ("DSL-ProdLDA, neighbours' mean target weighted 0.8", ["--neighbour-weight", "0.8"]),
+    "dsl-held": (
+        "DSL-ProdLDA, θ held to the k-means clusters of the layout that its topics start from (`--cluster-weight 30`)",
+        ["--cluster-weight", "30"],
+    ),
     "dsl-whole": (
         "DSL-ProdLDA, the layout of the standardised inputs as a whole, where the LM's 576 dimensions outweigh "
         "MiniLM's 384 (the default before)",

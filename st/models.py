@@ -165,11 +165,24 @@ class VAE(nn.Module, ABC):
             torch.exp(logvar) / prior_var + (mu - self.prior_mean) ** 2 / prior_var - 1 + self.prior_logvar - logvar
         ).sum(-1)
 
-    def loss(self, x: torch.Tensor, target: torch.Tensor, lam: float, loss: str) -> torch.Tensor:
+    def loss(
+        self,
+        x: torch.Tensor,
+        target: torch.Tensor,
+        lam: float,
+        loss: str,
+        clusters: tuple[torch.Tensor, float] | None = None,
+    ) -> torch.Tensor:
+        """The objective per document; with `clusters` (each document's cluster, −1 for none, and a
+        weight), plus the weighted cross-entropy between the posterior mean and the cluster."""
         log_recon, mu, logvar = self(x)
-        return (
-            self.kl_prior(mu, logvar) + lam * reconstruction_loss(log_recon, target, loss)
-        ).mean() + self.regularizer()
+        total = (self.kl_prior(mu, logvar) + lam * reconstruction_loss(log_recon, target, loss)).mean()
+        if clusters is not None:
+            cluster, weight = clusters
+            held = cluster >= 0
+            if held.any():
+                total = total + weight * F.cross_entropy(mu[held], cluster[held], reduction="sum") / len(x)
+        return total + self.regularizer()
 
     @torch.no_grad()
     def theta(self, x: torch.Tensor, samples: int = 10, seed: int = 0) -> torch.Tensor:

@@ -472,6 +472,15 @@ class TrainOptions(Options):
         default_text="kmeans for DSL-ProdLDA, else random",
         help="prodlda: start β at random, or at the mean targets of a k-means clustering of the encoder's inputs.",
     )
+    cluster_weight: float | None = option(
+        None,
+        "--cluster-weight",
+        min=0,
+        kind=float,
+        default_text="0",
+        help="With --init kmeans: the weight of a cross-entropy that holds each document's θ to the k-means "
+        "cluster its topics started from, beside the objective (0: none; 30 helped noisy short texts).",
+    )
     samples: int = option(10, "--samples", min=1, help="θ draws averaged at inference.")
     seed: int = option(0, "--seed", help="Random seed (same seed, same machine: same model).")
     hidden: list[int] = dataclasses.field(default_factory=lambda: [200, 200])

@@ -616,8 +616,11 @@ def test_the_umap_layout_is_where_neighbours_and_the_kmeans_start_look(store, ti
         np.testing.assert_allclose(mixed[i].numpy(), expected, atol=1e-6)
     # β starts at the log mean targets of k-means clusters of the layout, centred over the topics.
     model = train_mod.build(train_mod.TopicConfig(input_size=hood.inputs.shape[1], vocab_size=own.shape[1], k=4))
-    train_mod.cluster_beta(model, data, None, seed=3)
+    clusters = train_mod.cluster_beta(model, data, None, seed=3)
     labels = KMeans(n_clusters=4, n_init=4, random_state=3).fit_predict(hood.layout.astype(np.float64))
+    # Each training document's cluster (for --cluster-weight), in the training rows' own order.
+    assert clusters is not None
+    np.testing.assert_array_equal(clusters, labels[np.searchsorted(hood.rows, rows)])
     laid = mixed.numpy()[np.argsort(rows)]  # in the layout's order
     log = np.log(np.stack([laid[labels == c].mean(0) for c in range(4)]) + 1e-12)
     np.testing.assert_allclose(model.beta.detach().numpy(), log - log.mean(0), atol=1e-4)
@@ -705,6 +708,11 @@ def test_neighbours_are_part_of_the_model_id_and_refused_below_zero(store, tmp_p
     assert model_id(resolved(dataclasses.replace(ctm, balance_inputs=False), 9), s, rows) == model_id(
         resolved(ctm, 9), s, rows
     )
+    held = {w: model_id(resolved(TrainOptions(k=4, cluster_weight=w), 9), s, rows) for w in (None, 0.0, 30.0)}
+    assert held[None] == held[0.0] == ids[None] != held[30.0]
+    assert resolved(TrainOptions(k=4, init="random")).cluster_weight == 0.0  # nothing to hold θ to
+    r = run_train("-k", "4", "--store", str(path), "--init", "random", "--cluster-weight", "5")
+    assert r.exit_code == 2 and "needs --init kmeans" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = run_train("-k", "4", "--store", str(path), "--layout", "tsne")
     assert r.exit_code != 0 and "--layout" in r.stderr and "Traceback" not in r.output
     r = run_train("-k", "4", "--store", str(path), "--neighbours", "-1")
@@ -1075,12 +1083,72 @@ def test_kmeans_init_starts_each_topic_at_one_cluster_of_the_inputs():
     whole = data.read(np.arange(n))
     config = TopicConfig(input_size=hidden, vocab_size=vocab, k=groups, decoder_temperature=1.0)
     model = ProdLDA(config)
-    train_mod.cluster_beta(model, data, whole, seed=0)
+    clusters = train_mod.cluster_beta(model, data, whole, seed=0)
+    standard = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    from sklearn.cluster import KMeans
+
+    np.testing.assert_array_equal(clusters, KMeans(groups, n_init=4, random_state=0).fit_predict(standard))
     top = model.beta.argmax(dim=1).tolist()
     assert sorted(top) == list(range(groups))  # each group's word leads exactly one topic
     assert torch.allclose(model.beta.sum(0), torch.zeros(vocab), atol=1e-5)  # centred over the topics
     with pytest.raises(Exception, match="prodlda"):
         train_mod.fit_model(corpus, np.arange(n), TrainOptions(k=groups, init="kmeans", backbone="etm", epochs=1))
+
+
+def test_cluster_weight_adds_the_weighted_cross_entropy_of_the_posterior_mean_and_the_cluster():
+    torch.manual_seed(0)
+    model = ProdLDA(TopicConfig(input_size=6, vocab_size=9, k=4, decoder_temperature=3.0))
+    model.eval()  # no dropout, batch norm's running statistics: μ is a function of x alone
+    x = torch.randn(7, 6)
+    target = torch.softmax(torch.randn(7, 9), dim=-1)
+    cluster = torch.tensor([0, 3, -1, 2, 2, 1, -1])  # −1: a document outside the sample k-means saw
+    with torch.no_grad():
+        torch.manual_seed(1)
+        plain = float(model.loss(x, target, 1000.0, "kl"))
+        torch.manual_seed(1)
+        held = float(model.loss(x, target, 1000.0, "kl", (cluster, 30.0)))
+        mu = model.posterior(x)[0].double().numpy()
+    c = cluster.numpy()
+    log_softmax = mu - np.log(np.exp(mu).sum(1, keepdims=True))
+    expected = -sum(log_softmax[i, c[i]] for i in range(7) if c[i] >= 0) / 7  # summed over the held, per document
+    assert held - plain == pytest.approx(30.0 * expected, rel=1e-4)
+
+
+def test_cluster_weight_holds_theta_to_the_kmeans_clusters_the_topics_start_from():
+    from scipy import sparse
+    from sklearn.metrics import adjusted_rand_score
+
+    import st.train as train_mod
+    from st.store import MemoryCorpus
+
+    # Four groups apart in the inputs, soft labels that say nothing about them.
+    rng = np.random.default_rng(1)
+    n, groups, vocab, hidden = 160, 4, 12, 16
+    group = np.repeat(np.arange(groups), n // groups)
+    x = (rng.normal(0, 3, (groups, hidden))[group] + rng.normal(0, 1, (n, hidden))).astype(np.float32)
+    corpus = MemoryCorpus(
+        {"temperature": 1.0},
+        {
+            "ids": np.array([str(i) for i in range(n)]),
+            "vocab": np.array([f"w{i}" for i in range(vocab)]),
+            "hidden": x,
+            "logits": rng.normal(0, 1, (n, vocab)).astype(np.float32),
+        },
+        sparse.csr_matrix((n, vocab), dtype=np.float32),
+    )
+    from sklearn.cluster import KMeans
+
+    standard = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    clusters = KMeans(groups, n_init=4, random_state=0).fit_predict(standard)  # the start's, computed apart
+    agree = {}
+    for weight in (0.0, 30.0):
+        opts = TrainOptions(k=groups, layout="inputs", neighbours=0, cluster_weight=weight, epochs=40)
+        fitted, _ = train_mod.fit_model(corpus, np.arange(n), opts)
+        assert fitted.config["training"]["cluster_weight"] == weight
+        main = fitted.theta_of(corpus).argmax(1)
+        agree[weight] = float((main == clusters).mean())  # topic c is cluster c's: no matching needed
+    assert agree[30.0] >= 0.95 > agree[0.0]
+    assert adjusted_rand_score(group, clusters) > 0.9  # the clusters are the groups
 
 
 def test_restarts_resume_without_training_a_finished_restart_again(store, monkeypatch):
