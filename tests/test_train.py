@@ -1056,6 +1056,7 @@ def test_restarts_keep_the_training_with_the_lowest_objective(store, tmp_path):
 
 def test_kmeans_init_starts_each_topic_at_one_cluster_of_the_inputs():
     from scipy import sparse
+    from sklearn.cluster import KMeans
 
     import st.train as train_mod
     from st.store import MemoryCorpus
@@ -1085,8 +1086,6 @@ def test_kmeans_init_starts_each_topic_at_one_cluster_of_the_inputs():
     model = ProdLDA(config)
     clusters = train_mod.cluster_beta(model, data, whole, seed=0)
     standard = (x - x.mean(0)) / (x.std(0) + 1e-6)
-    from sklearn.cluster import KMeans
-
     np.testing.assert_array_equal(clusters, KMeans(groups, n_init=4, random_state=0).fit_predict(standard))
     top = model.beta.argmax(dim=1).tolist()
     assert sorted(top) == list(range(groups))  # each group's word leads exactly one topic
@@ -1116,6 +1115,7 @@ def test_cluster_weight_adds_the_weighted_cross_entropy_of_the_posterior_mean_an
 
 def test_cluster_weight_holds_theta_to_the_kmeans_clusters_the_topics_start_from():
     from scipy import sparse
+    from sklearn.cluster import KMeans
     from sklearn.metrics import adjusted_rand_score
 
     import st.train as train_mod
@@ -1136,8 +1136,6 @@ def test_cluster_weight_holds_theta_to_the_kmeans_clusters_the_topics_start_from
         },
         sparse.csr_matrix((n, vocab), dtype=np.float32),
     )
-    from sklearn.cluster import KMeans
-
     standard = (x - x.mean(0)) / (x.std(0) + 1e-6)
     clusters = KMeans(groups, n_init=4, random_state=0).fit_predict(standard)  # the start's, computed apart
     agree = {}
