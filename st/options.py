@@ -481,6 +481,23 @@ class TrainOptions(Options):
         help="With --init kmeans: the weight of a cross-entropy that holds each document's θ to the k-means "
         "cluster its topics started from, beside the objective (0: none; 30 helped noisy short texts).",
     )
+    theta_neighbours: int | None = option(
+        None,
+        "--theta-neighbours",
+        min=0,
+        kind=int,
+        default_text="30 for DSL-ProdLDA, else 0",
+        help="Mix into each document's θ the mean θ of this many documents nearest to it in the encoder's inputs, "
+        "among up to 2,000 training documents the model keeps (cosine; the same for training and new documents; "
+        "0: none).",
+    )
+    theta_neighbour_weight: float = option(
+        0.5,
+        "--theta-neighbour-weight",
+        min=0,
+        max=1,
+        help="The share of θ that comes from the --theta-neighbours.",
+    )
     samples: int = option(10, "--samples", min=1, help="θ draws averaged at inference.")
     seed: int = option(0, "--seed", help="Random seed (same seed, same machine: same model).")
     hidden: list[int] = dataclasses.field(default_factory=lambda: [200, 200])

@@ -1175,3 +1175,64 @@ def test_restarts_resume_without_training_a_finished_restart_again(store, monkey
     assert torch.equal(resumed.model.beta, whole.model.beta)
     assert resumed.config["training"]["restart_objectives"] == whole.config["training"]["restart_objectives"]
     assert not list((path / "checkpoints").glob("*restart*"))
+
+
+def test_theta_neighbours_mix_each_documents_theta_with_its_nearest_kept_documents(store, tiny_model, monkeypatch):
+    from sklearn.neighbors import NearestNeighbors
+
+    import st.train as train_mod
+
+    path, _ = store
+    s = Store(path)
+    monkeypatch.setattr(train_mod, "THETA_MEMORY_ROWS", 80)  # keep a sample of the 200 titles
+    opts = TrainOptions(k=4, epochs=3, theta_neighbours=5, theta_neighbour_weight=0.3, layout="inputs")
+    fitted, _ = train_mod.fit_model(s, np.arange(s.rows), opts)
+    memory = fitted.memory
+    assert memory is not None and len(memory.vectors) == 80
+    x = np.asarray(s.group["hidden"][:], dtype=np.float32)
+    own = fitted.theta(x, mixed=False)
+    # The kept documents are those whose own θ the memory holds.
+    kept = np.array([int(np.flatnonzero((own == t).all(1))[0]) for t in memory.theta])
+    assert len(set(kept.tolist())) == 80
+    hidden, cut = x.astype(np.float64), lm_size(tiny_model)
+    np.testing.assert_allclose(memory.vectors, in_space(hidden[kept], hidden[kept], cut), atol=2e-3)  # float16
+    index = NearestNeighbors(n_neighbors=5, metric="cosine").fit(memory.vectors.astype(np.float64))
+    nearest = index.kneighbors(in_space(hidden, hidden[kept], cut), return_distance=False)
+    expected = 0.7 * own + 0.3 * own[kept[nearest]].mean(1)
+    np.testing.assert_allclose(fitted.theta(x), expected, atol=1e-5)
+    # A kept document counts among its own nearest.
+    assert all(i in nearest[kept[i]] for i in range(80))
+    # θ of a document depends on it alone, not on the documents beside it (up to float rounding).
+    np.testing.assert_allclose(fitted.theta(x[7:8]), fitted.theta(x)[7:8], atol=1e-6)
+
+
+def test_theta_neighbours_are_saved_with_the_model_and_dsl_has_30(store, tmp_path):
+    import st.train as train_mod
+
+    path, _ = store
+    s = Store(path)
+    rows = np.arange(s.rows)
+    assert train_mod.resolved(TrainOptions(k=4)).theta_neighbours == 30
+    assert train_mod.resolved(TrainOptions(k=4, target="bow")).theta_neighbours == 0
+    model, theta = train_mod.fit(s, None, TrainOptions(k=4, epochs=2, layout="inputs"), tmp_path / "m")
+    assert model.memory is not None and model.memory.k == 30
+    loaded, _ = load(str(tmp_path / "m"))
+    assert loaded.memory is not None and loaded.memory.cut == model.memory.cut
+    x = np.asarray(s.group["hidden"][:], dtype=np.float32)
+    np.testing.assert_array_equal(loaded.theta(x), theta)  # θ written at training: the loaded model's
+    assert not np.allclose(loaded.theta(x, mixed=False), theta, atol=1e-4)
+    # The topics' words are salient by the documents' own θ.
+    plain = train_mod.salience(loaded.theta(x, mixed=False), s.bow_rows(0, s.rows), loaded.topic_word())
+    np.testing.assert_allclose(loaded.salience, plain, atol=1e-5)
+    # Without the option, no memory is kept and the ids of the models trained before it stay.
+    bare, _ = train_mod.fit(s, None, TrainOptions(k=4, epochs=2, layout="inputs", theta_neighbours=0), tmp_path / "b")
+    assert bare.memory is None and load(str(tmp_path / "b"))[0].memory is None
+    ids = {
+        w: train_mod.model_id(
+            train_mod.resolved(TrainOptions(k=4, theta_neighbours=0, theta_neighbour_weight=w)), s, rows
+        )
+        for w in (0.5, 0.2)
+    }
+    assert ids[0.5] == ids[0.2] != train_mod.model_id(train_mod.resolved(TrainOptions(k=4)), s, rows)
+    r = run_train("-k", "3", "--store", str(path), "--epochs", "2", "--theta-neighbours", "-1")
+    assert r.exit_code != 0 and "--theta-neighbours" in r.output and "Traceback" not in r.output
