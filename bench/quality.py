@@ -44,8 +44,12 @@ MODELS: dict[str, tuple[str, list[str]]] = {
         "target + 0.3 bag of words, mixed half and half with the mean target of the 10 nearest documents in a UMAP "
         "layout of the inputs (the LM's part and MiniLM's weighed alike), decoder norm 0.75 with a learned gain "
         "and shift, no dropout on θ, 256 documents per step, β started at k-means clusters of that layout, salient "
-        "topic words)",
+        "topic words, θ mixed half and half with the mean θ of its 30 nearest among 2,000 kept training documents)",
         [],
+    ),
+    "dsl-own-theta": (
+        "DSL-ProdLDA, each document's own θ, not mixed with its nearest training documents' (the default before)",
+        ["--theta-neighbours", "0"],
     ),
     "dsl-lm": ("DSL-ProdLDA on the LM's hidden state alone (the default before)", []),
     "dsl-own": ("DSL-ProdLDA, each document's own target: no neighbours", ["--neighbours", "0"]),

@@ -16,7 +16,7 @@ Finished runs are kept in WORK/results.jsonl, so an interrupted run resumes; `--
 the tables from them. Levers (other `st train` flags) are models of bench/quality.py's MODELS.
 
 Usage: python bench/robustness.py [--corpora stackoverflow,tweet_topic] [--sizes 1000 2500 6000]
-           [--k 5 10 20 50] [--seeds 0 1 2 3 4] [--models dsl,dsl-whole,ctm,bertopic] [--jobs 2]
+           [--k 5 10 20 50] [--seeds 0 1 2 3 4] [--models dsl,dsl-own-theta,ctm,bertopic] [--jobs 2]
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument(
         "--models",
-        default="dsl,dsl-whole,ctm,bertopic",
+        default="dsl,dsl-own-theta,ctm,bertopic",
         help="The first is the one checked.",
     )
     ap.add_argument("--jobs", type=int, default=2)
