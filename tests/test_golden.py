@@ -48,7 +48,18 @@ def same_ranking(
 
 
 # Options added since the outputs were recorded: a model's config names them with their defaults.
-ADDED = {"window", "restarts", "init", "neighbours", "neighbour_weight", "layout", "balance_inputs", "cluster_weight"}
+ADDED = {
+    "window",
+    "restarts",
+    "init",
+    "neighbours",
+    "neighbour_weight",
+    "layout",
+    "balance_inputs",
+    "cluster_weight",
+    "theta_neighbours",
+    "theta_neighbour_weight",
+}
 
 
 def same_json(gold: Any, new: Any, where: str) -> None:

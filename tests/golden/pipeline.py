@@ -89,9 +89,9 @@ def outputs(tiny: Path, cache: Path, tmp: Path) -> dict[str, Any]:
     out["embed/hidden"] = np.asarray(zarr.open_group(str(embed_store), mode="r")["hidden"][:])
 
     trainings = {
-        # --init random --neighbours 0: DSL's start and target before k-means and neighbours became its
-        # defaults, as the outputs were recorded.
-        "dsl": ["-k", "5", "--epochs", "3", "--init", "random", "--neighbours", "0"],
+        # --init random --neighbours 0 --theta-neighbours 0: DSL's start, target and θ before k-means and
+        # neighbours became its defaults, as the outputs were recorded.
+        "dsl": ["-k", "5", "--epochs", "3", "--init", "random", "--neighbours", "0", "--theta-neighbours", "0"],
         "prodlda": ["-k", "4", "--epochs", "3", "--target", "bow", "--input", "bow"],
         "ctm": ["-k", "4", "--epochs", "3", "--target", "bow", "--input", "hidden", "--seed", "2"],
         "lda": ["-k", "4", "--backbone", "lda", "--passes", "2", "--iterations", "20"],
@@ -112,7 +112,8 @@ def outputs(tiny: Path, cache: Path, tmp: Path) -> dict[str, Any]:
 
     lines = records.splitlines()
     picked = b"\n".join(lines[10:50]) + b"\n"
-    docs = ["train", "-k", "3", "--epochs", "2", "--init", "random", "--neighbours", "0", "--docs", "-q"]
+    docs = ["train", "-k", "3", "--epochs", "2", "--init", "random", "--neighbours", "0", "--theta-neighbours", "0"]
+    docs += ["--docs", "-q"]
     docs = run(docs, cache, stdin=picked)
     out["train-docs/stdout"] = _clean(docs, replace)
 
