@@ -43,7 +43,7 @@ class Fitted:
     salience: np.ndarray | None = None  # K x V, see `salience`
     names: list[str] | None = None  # written by `st label` (st.naming), kept in topics.json
     folder: Path | None = None  # where it was saved or loaded from
-    memory: ThetaMemory | None = None  # with --theta-neighbours: training documents θ is mixed with
+    memory: ThetaMemory | None = None  # with --theta-neighbours: the kept documents each θ is mixed with
 
     @property
     def id(self) -> str:
@@ -84,17 +84,26 @@ class Fitted:
             parts.append(self.memory.mixed(x[i : i + batch], own) if self.memory is not None and mixed else own)
         return np.concatenate(parts) if parts else np.zeros((0, self.model.config.k), np.float32)
 
-    def theta_of(self, corpus: Corpus, mixed: bool = True) -> np.ndarray:
+    def theta_of(self, corpus: Corpus) -> np.ndarray:
         """θ of every document of the corpus, read a few store chunks at a time."""
+        return self.thetas_of(corpus)[0]
+
+    def thetas_of(self, corpus: Corpus) -> tuple[np.ndarray, np.ndarray]:
+        """θ of every document of the corpus, and the encoder's own θ before the mix with the kept
+        documents' (the same array for a model without them), from one read of the inputs."""
         kind = self.config["training"]["input"]
         out = np.zeros((corpus.rows, int(self.config["training"]["k"])), np.float32)
+        own = out if self.memory is None else np.zeros_like(out)
         step = corpus.chunk_rows * max(1, THETA_ROWS // corpus.chunk_rows)
         with progress.task("θ", total=corpus.rows) as bar:
             for start in range(0, corpus.rows, step):
                 stop = min(start + step, corpus.rows)
-                out[start:stop] = self.theta(model_inputs(corpus, kind, start, stop), mixed=mixed)
+                x = model_inputs(corpus, kind, start, stop)
+                own[start:stop] = self.theta(x, mixed=False)
+                if self.memory is not None:
+                    out[start:stop] = self.memory.mixed(x, own[start:stop])
                 bar.advance(stop - start)
-        return out
+        return out, own
 
     def state(self) -> dict[str, torch.Tensor]:
         if isinstance(self.model, GensimLDA):
@@ -530,9 +539,13 @@ class ThetaMemory:
         k = min(self.k, len(self.vectors))
         if k < 1 or self.weight == 0 or not len(x):
             return theta
-        q = neighbourhood_space(np.asarray(x, np.float64), self.centre, self.scale, self.cut).astype(np.float32)
-        nearest = np.argpartition(-(q @ self.vectors.T), k - 1, axis=1)[:, :k]
-        return ((1 - self.weight) * theta + self.weight * self.theta[nearest].mean(axis=1)).astype(np.float32)
+        out = np.empty_like(theta, dtype=np.float32)
+        for b in range(0, len(x), NEIGHBOUR_BLOCK):  # similarities of a block to the kept documents at once
+            part = slice(b, b + NEIGHBOUR_BLOCK)
+            q = neighbourhood_space(np.asarray(x[part], np.float64), self.centre, self.scale, self.cut)
+            nearest = np.argpartition(-(q.astype(np.float32) @ self.vectors.T), k - 1, axis=1)[:, :k]
+            out[part] = (1 - self.weight) * theta[part] + self.weight * self.theta[nearest].mean(axis=1)
+        return out
 
     def state(self) -> dict[str, torch.Tensor]:
         arrays = {
@@ -730,6 +743,8 @@ def fit_model(store: Corpus, rows: np.ndarray, opts: TrainOptions) -> tuple[Fitt
     training resumes from it, to the same result bit for bit."""
     opts = resolved(opts, len(rows))
     if opts.backbone == "lda":
+        if opts.theta_neighbours:
+            raise InputError("--theta-neighbours mixes an encoder's θ; the lda backbone has none")
         return train_lda(store, rows, opts), []
     if len(rows) < 2:
         raise InputError("at least 2 documents are needed to train", store.name)
@@ -1024,10 +1039,10 @@ def fit(
     `st train`, for Python callers too. Returns the model and θ."""
     rows = np.arange(corpus.rows) if rows is None else np.asarray(rows)
     model, _ = fit_model(corpus, rows, opts)
-    theta = model.theta_of(corpus)
+    theta, own = model.thetas_of(corpus)
     # Words are salient by the documents' own θ: the neighbours' share is about the documents, and
     # spread over their topics it blurs the words (NPMI down on TweetTopic).
-    with_salience(model, corpus, rows, model.theta_of(corpus, mixed=False) if model.memory is not None else theta)
+    with_salience(model, corpus, rows, own)
     corpus.write_theta(model.id, theta, {"model": model.id, "k": opts.k})
     if output is not None:
         save(model, Path(output), top_words)

@@ -1187,6 +1187,7 @@ def test_theta_neighbours_mix_each_documents_theta_with_its_nearest_kept_documen
     path, _ = store
     s = Store(path)
     monkeypatch.setattr(train_mod, "THETA_MEMORY_ROWS", 80)  # keep a sample of the 200 titles
+    monkeypatch.setattr(train_mod, "NEIGHBOUR_BLOCK", 7)  # mixed a few documents at a time: the same θ
     opts = TrainOptions(k=4, epochs=3, theta_neighbours=5, theta_neighbour_weight=0.3, layout="inputs")
     fitted, _ = train_mod.fit_model(s, np.arange(s.rows), opts)
     memory = fitted.memory
@@ -1236,5 +1237,6 @@ def test_theta_neighbours_are_saved_with_the_model_and_dsl_has_30(store, tmp_pat
         for w in (0.5, 0.2)
     }
     assert ids[0.5] == ids[0.2] != train_mod.model_id(train_mod.resolved(TrainOptions(k=4)), s, rows)
-    r = run_train("-k", "3", "--store", str(path), "--epochs", "2", "--theta-neighbours", "-1")
-    assert r.exit_code != 0 and "--theta-neighbours" in r.output and "Traceback" not in r.output
+    for flags in (["--theta-neighbours", "-1"], ["--theta-neighbours", "5", "--backbone", "lda"]):
+        r = run_train("-k", "3", "--store", str(path), "--epochs", "2", *flags)
+        assert r.exit_code != 0 and "--theta-neighbours" in r.output and "Traceback" not in r.output
